@@ -3,15 +3,59 @@
 Shapes follow ``jax.nn.dot_product_attention``: q ``[B, Tq, H, D]``, k and v
 ``[B, Tk, H, D]``. Padding is a key mask: ``kv_lengths`` ``[B]`` or a boolean
 ``kv_mask`` ``[B, Tk]`` (True = a real key). A query row whose keys are all
-padding returns zeros.
+padding returns zeros and passes zero gradient.
+
+Implementations (``attention(..., implementation=...)``):
+
+- ``reference``: plain softmax in float32, the ground truth for the others.
+- ``xla``: ``jax.nn.dot_product_attention``; materialises the [Tq, Tk] logits.
+- ``cudnn``: cuDNN's fused kernel through the same JAX call (GPU, bf16/fp16).
+- ``blockwise``: online softmax over key blocks for blocks of queries, pure JAX,
+  with a hand-written backward that keeps only the output and the logsumexp and
+  recomputes the probabilities block by block, so memory is linear in length
+  in training as well as inference.
+- ``ring``: blockwise attention for sequences split over the ``seq`` axis of the
+  current mesh; key/value blocks travel around the ring with ``ppermute``.
+
+``None`` picks one by platform, dtype and length (see ``select_implementation``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("reference", "xla")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "blockwise", "ring")
+
+# Below this many query-key pairs per batch element the [Tq, Tk] logits are small
+# enough that XLA's single fused softmax beats the block loop on CPU (measured
+# with benchmarks/attention.py); above it blockwise is faster and far smaller.
+_BLOCKWISE_MIN_PAIRS = 2048 * 2048
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockSizes:
+    """Tiling of the blockwise kernels.
+
+    ``block_q`` queries are processed together against ``block_k`` keys at a
+    time; the live logits tile is ``[B, H, block_q, block_k]`` float32. Both are
+    clipped to the (8-rounded) sequence length, and sequences are padded to a
+    multiple of the block internally.
+    """
+
+    block_q: int = 2048
+    block_k: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("block_q", "block_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"BlockSizes.{name} must be a positive int, got {value!r}")
 
 
 def _key_mask(
@@ -20,8 +64,12 @@ def _key_mask(
     if kv_lengths is not None and kv_mask is not None:
         raise ValueError("give kv_lengths or kv_mask, not both")
     if kv_lengths is not None:
-        return jnp.arange(tk)[None, :] < jnp.asarray(kv_lengths)[:, None]
+        kv_lengths = jnp.asarray(kv_lengths)
+        if kv_lengths.shape != (batch,):
+            raise ValueError(f"kv_lengths shape {kv_lengths.shape}, expected {(batch,)}")
+        return jnp.arange(tk)[None, :] < kv_lengths[:, None]
     if kv_mask is not None:
+        kv_mask = jnp.asarray(kv_mask)
         if kv_mask.shape != (batch, tk):
             raise ValueError(f"kv_mask shape {kv_mask.shape}, expected {(batch, tk)}")
         return kv_mask.astype(bool)
@@ -39,8 +87,370 @@ def reference_attention(
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(logits - m)
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum("bhqk,bkhd->bqhd", p / jnp.where(denom == 0, 1.0, denom), v.astype(jnp.float32))
+    p = p / jnp.where(denom == 0, 1.0, denom)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(jnp.float32))
     return out.astype(q.dtype)
+
+
+def _zero_dead_rows(out: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """Rows whose keys are all padding: zeros, as the reference (not NaN/uniform)."""
+    if key_mask is None:
+        return out
+    return jnp.where(jnp.any(key_mask, axis=1)[:, None, None, None], out, 0)
+
+
+def xla_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, scale: float
+) -> jax.Array:
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    return _zero_dead_rows(out, key_mask)
+
+
+def cudnn_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    kv_lengths: jax.Array | None,
+    key_mask: jax.Array | None,
+    scale: float,
+) -> jax.Array:
+    """cuDNN's fused flash attention; padding by lengths when given, else by mask."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention implementation 'cudnn' needs a GPU; the default backend is "
+            f"{jax.default_backend()!r} (use 'blockwise' or 'xla')"
+        )
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"attention implementation 'cudnn' needs bf16 or fp16 inputs, got {q.dtype}"
+        )
+    if kv_lengths is not None:
+        out = jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            scale=scale,
+            key_value_seq_lengths=jnp.asarray(kv_lengths, jnp.int32),
+            implementation="cudnn",
+        )
+    else:
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+    return _zero_dead_rows(out, key_mask)
+
+
+# --------------------------------------------------------------------------------------
+# Blockwise kernels. Internal layout: queries [nq, B, H, bq, D] (already scaled),
+# keys/values [nk, B, H, bk, D], key bias [nk, B, bk] (0 or -inf) or None. The
+# softmax state per query is (m: running max, l: running sum, acc: unnormalised
+# output), all float32.
+
+
+def _dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _logits(qb: jax.Array, kb: jax.Array, bias_b: jax.Array | None) -> jax.Array:
+    s = _dot(qb, kb, "bhqd,bhkd->bhqk")
+    if bias_b is not None:
+        s = s + bias_b[:, None, None, :]
+    return s
+
+
+def _init_state(q_blocks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # Derived from q so the state carries q's sharding/varying-axes type under shard_map.
+    acc = jnp.zeros_like(q_blocks, dtype=jnp.float32)
+    l = acc[..., 0]
+    return l - jnp.inf, l, acc
+
+
+def _forward_update(q_blocks, k_blocks, v_blocks, bias_blocks, state):
+    """Fold every key block into the softmax state of every query block."""
+
+    def one_query_block(args):
+        qb, state_b = args
+
+        def step(carry, kv):
+            m, l, acc = carry
+            kb, vb, bias_b = kv
+            s = _logits(qb, kb, bias_b)
+            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+            # A row with no real key so far keeps m = -inf; shift by 0 so exp gives 0, not NaN.
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            p = jnp.exp(s - m_safe[..., None])
+            alpha = jnp.exp(m - m_safe)
+            l = alpha * l + jnp.sum(p, axis=-1)
+            acc = alpha[..., None] * acc + _dot(p.astype(vb.dtype), vb, "bhqk,bhkd->bhqd")
+            return (m_new, l, acc), None
+
+        state_b, _ = jax.lax.scan(step, state_b, (k_blocks, v_blocks, bias_blocks))
+        return state_b
+
+    return jax.lax.map(one_query_block, (q_blocks, state))
+
+
+def _finalize(state, dtype):
+    m, l, acc = state
+    out = acc / jnp.where(l == 0, 1.0, l)[..., None]
+    # Dead rows get lse = +inf so the backward's exp(s - lse) is exactly 0 there.
+    lse = jnp.where(l == 0, jnp.inf, m + jnp.log(jnp.where(l == 0, 1.0, l)))
+    return out.astype(dtype), lse
+
+
+def _backward_update(q_blocks, k_blocks, v_blocks, bias_blocks, do_blocks, lse, delta, dq_t):
+    """Gradients from one set of key blocks: returns (dq_t + this part, dk, dv).
+
+    Outer loop over key blocks, inner over query blocks: dk/dv of a key block are
+    finished in one outer step (no scatter-add); dq accumulates in a carry. The
+    tile is kept transposed ([keys, queries]) and dq as [.., D, queries] so every
+    product is a plain (non-transposed-operand) matmul, which is about twice as
+    fast as a transposed one on CPU.
+    """
+
+    def one_key_block(dq_t, kv):
+        kb, vb, bias_b = kv
+
+        def step(carry, qs):
+            dk, dv = carry
+            qb, dob, lse_b, delta_b, dq_tb = qs
+            s_t = _dot(kb, qb, "bhkd,bhqd->bhkq")
+            if bias_b is not None:
+                s_t = s_t + bias_b[:, None, :, None]
+            p_t = jnp.exp(s_t - lse_b[:, :, None, :])
+            dv = dv + _dot(p_t.astype(dob.dtype), dob, "bhkq,bhqd->bhkd")
+            dp_t = _dot(vb, dob, "bhkd,bhqd->bhkq")
+            ds_t = (p_t * (dp_t - delta_b[:, :, None, :])).astype(qb.dtype)
+            dk = dk + _dot(ds_t, qb, "bhkq,bhqd->bhkd")
+            dq_tb = dq_tb + _dot(kb, ds_t, "bhkd,bhkq->bhdq")
+            return (dk, dv), dq_tb
+
+        zeros = jnp.zeros_like(kb, dtype=jnp.float32)
+        (dk, dv), dq_t = jax.lax.scan(
+            step, (zeros, zeros), (q_blocks, do_blocks, lse, delta, dq_t)
+        )
+        return dq_t, (dk, dv)
+
+    dq_t, (dk, dv) = jax.lax.scan(one_key_block, dq_t, (k_blocks, v_blocks, bias_blocks))
+    return dq_t, dk, dv
+
+
+def _zero_dq_t(q_blocks: jax.Array) -> jax.Array:
+    return jnp.zeros_like(jnp.swapaxes(q_blocks, -1, -2), dtype=jnp.float32)
+
+
+def _delta(out: jax.Array, do: jax.Array) -> jax.Array:
+    return jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+
+
+@jax.custom_vjp
+def _blockwise_core(q_blocks, k_blocks, v_blocks, bias_blocks):
+    return _blockwise_fwd(q_blocks, k_blocks, v_blocks, bias_blocks)[0]
+
+
+def _blockwise_fwd(q_blocks, k_blocks, v_blocks, bias_blocks):
+    state = _forward_update(q_blocks, k_blocks, v_blocks, bias_blocks, _init_state(q_blocks))
+    out, lse = _finalize(state, q_blocks.dtype)
+    return out, (q_blocks, k_blocks, v_blocks, bias_blocks, out, lse)
+
+
+def _blockwise_bwd(residuals, d_out):
+    q_blocks, k_blocks, v_blocks, bias_blocks, out, lse = residuals
+    dq_t, dk, dv = _backward_update(
+        q_blocks, k_blocks, v_blocks, bias_blocks, d_out, lse, _delta(out, d_out), _zero_dq_t(q_blocks)
+    )
+    dq = jnp.swapaxes(dq_t, -1, -2)
+    d_bias = None if bias_blocks is None else jnp.zeros_like(bias_blocks)
+    return (
+        dq.astype(q_blocks.dtype),
+        dk.astype(k_blocks.dtype),
+        dv.astype(v_blocks.dtype),
+        d_bias,
+    )
+
+
+_blockwise_core.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def _block_len(length: int, block: int) -> int:
+    return min(block, -(-length // 8) * 8)
+
+
+def _to_blocks(x: jax.Array, block: int) -> jax.Array:
+    """[B, T, H, D] -> [T/block, B, H, block, D], zero-padding T to a multiple of block."""
+    b, t, h, d = x.shape
+    n = -(-t // block)
+    x = jnp.pad(x, ((0, 0), (0, n * block - t), (0, 0), (0, 0)))
+    return x.reshape(b, n, block, h, d).transpose(1, 0, 3, 2, 4)
+
+
+def _from_blocks(x: jax.Array, length: int) -> jax.Array:
+    n, b, h, block, d = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * block, h, d)[:, :length]
+
+
+def _bias_blocks(key_mask: jax.Array | None, batch: int, tk: int, block: int) -> jax.Array | None:
+    """Additive key bias [nk, B, block]: 0 for real keys, -inf for padding (mask or tail)."""
+    n = -(-tk // block)
+    if key_mask is None and n * block == tk:
+        return None
+    if key_mask is None:
+        key_mask = jnp.ones((batch, tk), bool)
+    key_mask = jnp.pad(key_mask, ((0, 0), (0, n * block - tk)))
+    bias = jnp.where(key_mask, 0.0, -jnp.inf).astype(jnp.float32)
+    return bias.reshape(batch, n, block).transpose(1, 0, 2)
+
+
+def blockwise_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_mask: jax.Array | None,
+    scale: float,
+    *,
+    block_sizes: BlockSizes | None = None,
+) -> jax.Array:
+    """Online-softmax attention in blocks with a recomputing custom backward."""
+    block_sizes = block_sizes or BlockSizes()
+    batch, tq = q.shape[:2]
+    tk = k.shape[1]
+    bq = _block_len(tq, block_sizes.block_q)
+    bk = _block_len(tk, block_sizes.block_k)
+    q_blocks = _to_blocks(q * jnp.asarray(scale, q.dtype), bq)
+    out = _blockwise_core(
+        q_blocks, _to_blocks(k, bk), _to_blocks(v, bk), _bias_blocks(key_mask, batch, tk, bk)
+    )
+    return _from_blocks(out, tq)
+
+
+# --------------------------------------------------------------------------------------
+# Ring attention: each device of the `seq` axis holds one contiguous chunk of the
+# queries, keys and values. Key/value chunks (and their bias) travel one step
+# around the ring per iteration; after n steps every query chunk has seen every
+# key chunk. The backward sends dk/dv accumulators around with their chunk, so
+# after n steps each chunk's gradient arrives back on its own device.
+
+
+def _ring_shift(x, axis_name: str, n: int):
+    perm = [(i, (i + 1) % n) for i in range(n)]
+    return jax.tree.map(lambda a: jax.lax.ppermute(a, axis_name, perm), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring_core(q_blocks, k_blocks, v_blocks, bias_blocks, axis_name, n):
+    return _ring_fwd(q_blocks, k_blocks, v_blocks, bias_blocks, axis_name, n)[0]
+
+
+def _ring_fwd(q_blocks, k_blocks, v_blocks, bias_blocks, axis_name, n):
+    def body(i, carry):
+        state, kv = carry
+        state = _forward_update(q_blocks, *kv, state)
+        kv = jax.lax.cond(i < n - 1, lambda x: _ring_shift(x, axis_name, n), lambda x: x, kv)
+        return state, kv
+
+    kv = (k_blocks, v_blocks, bias_blocks)
+    state, _ = jax.lax.fori_loop(0, n, body, (_init_state(q_blocks), kv))
+    out, lse = _finalize(state, q_blocks.dtype)
+    return out, (q_blocks, k_blocks, v_blocks, bias_blocks, out, lse)
+
+
+def _ring_bwd(axis_name, n, residuals, d_out):
+    q_blocks, k_blocks, v_blocks, bias_blocks, out, lse = residuals
+    delta = _delta(out, d_out)
+
+    def body(_, carry):
+        dq_t, kv, dkv = carry
+        dq_t, dk, dv = _backward_update(q_blocks, *kv, d_out, lse, delta, dq_t)
+        dkv = (dkv[0] + dk, dkv[1] + dv)
+        # n shifts bring every chunk, with its finished gradient, back home.
+        return dq_t, _ring_shift(kv, axis_name, n), _ring_shift(dkv, axis_name, n)
+
+    zeros = jnp.zeros_like(k_blocks, dtype=jnp.float32)
+    init = (_zero_dq_t(q_blocks), (k_blocks, v_blocks, bias_blocks))
+    dq_t, _, (dk, dv) = jax.lax.fori_loop(0, n, body, (*init, (zeros, zeros)))
+    dq = jnp.swapaxes(dq_t, -1, -2)
+    d_bias = None if bias_blocks is None else jnp.zeros_like(bias_blocks)
+    return dq.astype(q_blocks.dtype), dk.astype(k_blocks.dtype), dv.astype(v_blocks.dtype), d_bias
+
+
+_ring_core.defvjp(_ring_fwd, _ring_bwd)
+
+
+def ring_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_mask: jax.Array | None,
+    scale: float,
+    *,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
+    axis_name: str = "seq",
+    block_sizes: BlockSizes | None = None,
+) -> jax.Array:
+    """Blockwise attention over sequences sharded along ``axis_name`` of ``mesh``.
+
+    ``mesh`` defaults to the one set with ``jax.set_mesh``. Only ``axis_name`` is
+    manual; other mesh axes (data, heads) stay under the compiler's control.
+    """
+    mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+    if mesh.empty or axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"ring attention needs a mesh with a {axis_name!r} axis (pass mesh= or use "
+            f"jax.set_mesh); got axes {tuple(mesh.axis_names)}"
+        )
+    n = mesh.shape[axis_name]
+    block_sizes = block_sizes or BlockSizes()
+    batch, tq = q.shape[:2]
+    tk = k.shape[1]
+    # Every device gets an equal chunk: pad both lengths to a multiple of n.
+    tq_pad, tk_pad = -(-tq // n) * n, -(-tk // n) * n
+    if tk_pad != tk and key_mask is None:
+        key_mask = jnp.ones((batch, tk), bool)
+    if key_mask is not None:
+        key_mask = jnp.pad(key_mask, ((0, 0), (0, tk_pad - tk)))
+    pad = lambda x, t: jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0)))
+    q, k, v = pad(q * jnp.asarray(scale, q.dtype), tq_pad), pad(k, tk_pad), pad(v, tk_pad)
+    bq = _block_len(tq_pad // n, block_sizes.block_q)
+    bk = _block_len(tk_pad // n, block_sizes.block_k)
+
+    def local(q, k, v, key_mask):
+        tk_local = k.shape[1]
+        bias = _bias_blocks(key_mask, k.shape[0], tk_local, bk)
+        out = _ring_core(
+            _to_blocks(q, bq), _to_blocks(k, bk), _to_blocks(v, bk), bias, axis_name, n
+        )
+        return _from_blocks(out, q.shape[1])
+
+    seq = P(None, axis_name, None, None)
+    mask_spec = None if key_mask is None else P(None, axis_name)
+    out = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(seq, seq, seq, mask_spec),
+        out_specs=seq,
+        axis_names={axis_name},
+    )(q, k, v, key_mask)
+    return out[:, :tq]
+
+
+# --------------------------------------------------------------------------------------
+
+
+def select_implementation(q: jax.Array, k: jax.Array) -> str:
+    """The automatic choice: cuDNN for half precision on GPU, blockwise once the
+    logits would be large, XLA's fused softmax for short sequences."""
+    head_dim = q.shape[-1]
+    if (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and head_dim % 8 == 0
+        and head_dim <= 128
+    ):
+        return "cudnn"
+    if q.shape[1] * k.shape[1] >= _BLOCKWISE_MIN_PAIRS:
+        return "blockwise"
+    return "xla"
 
 
 def attention(
@@ -52,24 +462,43 @@ def attention(
     kv_mask: jax.Array | None = None,
     implementation: str | None = None,
     scale: float | None = None,
+    block_sizes: BlockSizes | None = None,
 ) -> jax.Array:
     """Multi-head attention over ``[B, T, H, D]`` with a key-padding mask.
 
-    ``implementation`` is one of IMPLEMENTATIONS, or None to choose by platform
-    and length.
+    ``implementation`` is one of IMPLEMENTATIONS, or None to choose by platform,
+    dtype and length. ``block_sizes`` tiles ``blockwise`` and ``ring``. ``ring``
+    runs over the ``seq`` axis of the mesh set with ``jax.set_mesh``.
     """
-    if q.ndim != 4 or k.shape != v.shape or q.shape[::3] != k.shape[::3]:
-        raise ValueError(f"expected q [B,Tq,H,D], k=v [B,Tk,H,D]; got {q.shape}, {k.shape}, {v.shape}")
+    if (
+        q.ndim != 4
+        or k.ndim != 4
+        or k.shape != v.shape
+        or q.shape[0] != k.shape[0]
+        or q.shape[2:] != k.shape[2:]
+    ):
+        raise ValueError(
+            f"expected q [B,Tq,H,D] and k = v [B,Tk,H,D] with the same B, H, D; "
+            f"got q {q.shape}, k {k.shape}, v {v.shape}"
+        )
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; one of {IMPLEMENTATIONS}"
+        )
+    if block_sizes is not None and implementation not in (None, "blockwise", "ring"):
+        raise ValueError(f"block_sizes applies to 'blockwise' and 'ring', not {implementation!r}")
     batch, tk = k.shape[0], k.shape[1]
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     key_mask = _key_mask(batch, tk, kv_lengths, kv_mask)
-    implementation = implementation or "xla"
+    implementation = implementation or select_implementation(q, k)
     if implementation == "reference":
         return reference_attention(q, k, v, key_mask, scale)
     if implementation == "xla":
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-        if key_mask is not None:  # all-padded rows: zeros, as the reference
-            out = jnp.where(jnp.any(key_mask, axis=1)[:, None, None, None], out, 0)
-        return out
-    raise ValueError(f"unknown attention implementation {implementation!r}; one of {IMPLEMENTATIONS}")
+        return xla_attention(q, k, v, key_mask, scale)
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, kv_lengths=kv_lengths, key_mask=key_mask, scale=scale)
+    if implementation == "blockwise":
+        return blockwise_attention(q, k, v, key_mask, scale, block_sizes=block_sizes)
+    return ring_attention(q, k, v, key_mask, scale, block_sizes=block_sizes)

@@ -1,0 +1,99 @@
+"""Shared defaults for every training config. Each config file says only what differs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+BRANCHES = ("keypoints", "image", "text")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stage = 1  # 1: one branch alone; 2: fused model from stage-1 branches
+    c.branches = ("keypoints",)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.shards = ""  # a shard set with image_features (output of hemo_jax.encode)
+    c.data.train_splits = ("train",)
+    c.data.eval_split = "test"
+    c.data.batch_size = 16
+    c.data.eval_batch_size = 16
+    c.data.max_frames = 512  # keypoint window length
+    c.data.max_images = 128  # image-feature window length
+    c.data.eval_windows = 3  # evenly spaced windows per video at evaluation
+    c.data.num_workers = 0
+    c.data.balanced_sampling = False  # class-balanced sampling instead of class weights
+    c.data.text_source = "transcript"  # transcript | reasoning | both
+    c.data.max_text_tokens = 128
+
+    c.model = ml_collections.ConfigDict()
+    c.model.width = 128
+    c.model.depth = 2
+    c.model.heads = 4
+    c.model.mlp_ratio = 4
+    c.model.dropout = 0.1
+    c.model.attention = ""  # "" = chosen by platform and length
+    c.model.remat = False
+    c.model.keypoint_backbone = "mlp"  # mlp | gcn | gat | gin
+    c.model.fusion = "concat"  # concat | cross_attention
+    c.model.text_encoder = ""  # a Hugging Face BERT directory; "" = small text Transformer
+    c.model.freeze_text_encoder = True
+    c.model.image_feature_dim = 768
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.05
+    c.optim.clip_norm = 1.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.grad_accum = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 500
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 2
+    c.train.best_metric = "balanced_accuracy"
+    c.train.compute_dtype = "float32"  # bfloat16 for mixed precision
+    c.train.class_weighting = True  # class-weighted loss (off with data.balanced_sampling)
+    c.train.aux_loss_weight = 0.3  # stage 2: each branch's own loss, beside the fused one
+    c.train.progress = True
+
+    # Stage 2: where the stage-1 branches come from, and the pseudo-labelled pool.
+    c.init_from = ml_collections.ConfigDict({b: "" for b in BRANCHES})
+    c.init_skip = (r"/head/",)  # stage-1 heads are not loaded into the fused model
+    c.resume = ""  # another workdir whose latest checkpoint to continue from
+    c.pseudo = ml_collections.ConfigDict()
+    c.pseudo.pool = "none"  # none | unlabeled | test (transductive, as the published method)
+    c.pseudo.threshold = 0.0  # drop pseudo labels below this confidence
+    c.pseudo.confidence_weighting = True  # weight each pseudo-labelled loss by confidence
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.seq = 1
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"  # auto | yes | no
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a config so it runs in seconds on a CPU."""
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 8
+    c.data.max_frames = 32
+    c.data.max_images = 8
+    c.data.eval_windows = 1
+    c.model.width = 32
+    c.model.depth = 1
+    c.model.heads = 2
+    c.optim.warmup_steps = 2
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.train.progress = False
+    return c

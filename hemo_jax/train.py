@@ -1,0 +1,206 @@
+"""Train one stage: ``python -m hemo_jax.train --config configs/pretrain.py:keypoints --workdir W``.
+
+Stage 1 trains one branch with its own head; stage 2 (configs/finetune.py)
+trains the fused model from the stage-1 branches with the pseudo-labelled
+pool merged into training. One loop serves both. Every process of a
+multi-host job runs this same command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from hemo_jax.data import pipeline
+from hemo_jax.data.shards import open_shards
+from hemo_jax.models import convert, factory
+from hemo_jax.training import checkpoint, evaluation, inputs, metrics, sharding, trainer
+from hemo_jax.training.logger import MetricLogger
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+
+
+def _install_sigterm() -> dict[str, bool]:
+    """SIGTERM asks the loop to checkpoint and stop at the next step boundary."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        flag["stop"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
+def _initial_state(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: trainer.TrainState,
+    store: checkpoint.CheckpointStore,
+    loader: pipeline.Loader,
+) -> tuple[trainer.TrainState, int, str]:
+    """Resume order: this workdir, then ``config.resume``, then ``init_from``, then scratch."""
+    for source in (workdir, config.resume):
+        if not source:
+            continue
+        src = store if source == workdir else checkpoint.CheckpointStore(source, best_metric=None)
+        step = src.latest_step()
+        if step is None:
+            continue
+        tree, meta = src.restore(
+            step, trainer.abstract_checkpoint_tree(state), data_iterator=loader.iterator
+        )
+        return trainer.restore_checkpoint_tree(state, tree), int(meta["step"]), source
+    params = None
+    for prefix, tree in factory.pretrained_params(config).items():
+        params = checkpoint.merge_params(params or state.params(), tree, prefix=prefix, skip=())
+    if config.stage == 2:
+        for name in config.branches:
+            source = config.init_from[name]
+            if not source:
+                raise ValueError(f"stage 2 needs config.init_from.{name} (a stage-1 workdir)")
+            stage1, _ = checkpoint.load_params(source)
+            if name not in stage1.get("branches", {}):
+                raise checkpoint.CheckpointMismatch(
+                    f"stage-1 checkpoint in {source!r} has no branch {name!r} "
+                    f"(it has {sorted(stage1.get('branches', {}))})"
+                )
+            params = checkpoint.merge_params(
+                params or state.params(),
+                stage1["branches"][name],
+                prefix=f"branches/{name}",
+                skip=tuple(config.init_skip),
+            )
+    if params is not None:
+        return trainer.restore_checkpoint_tree(state, {"params": params}), 0, "init_from"
+    return state, 0, "scratch"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs training to ``config.train.steps``; returns the last evaluation metrics."""
+    init = config.distributed.initialize
+    sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.seq)
+    log = MetricLogger(workdir, enabled=jax.process_index() == 0)
+    log.text(f"mesh: {sharding.describe(mesh)}")
+
+    shards = open_shards(config.data.shards)
+    text_fn = factory.make_text_fn(config)
+    train_loader = pipeline.make_loader(
+        shards,
+        inputs.pipeline_config(config, train=True),
+        train=True,
+        mesh=mesh,
+        data_axis=sharding.BATCH_AXES,
+        text_fn=text_fn,
+    )
+
+    c = config.optim
+    tx = trainer.make_optimizer(
+        lr=c.lr,
+        warmup_steps=c.warmup_steps,
+        total_steps=config.train.steps,
+        weight_decay=c.weight_decay,
+        clip_norm=c.clip_norm,
+        b1=c.b1,
+        b2=c.b2,
+    )
+    trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
+    state = trainer.create_train_state(
+        lambda: factory.build_model(config), tx, mesh, trainable=trainable
+    )
+    model = state.model()
+    log.text(
+        f"parameters: {convert.param_count(model):,} "
+        f"({sum(x.size for x in jax.tree.leaves(nnx.state(model, trainable))):,} trainable); "
+        f"branches {tuple(config.branches)}, stage {config.stage}"
+    )
+    del model
+
+    store = checkpoint.CheckpointStore(
+        workdir,
+        keep_last=config.train.keep_checkpoints,
+        best_metric=config.train.best_metric,
+    )
+    state, start_step, origin = _initial_state(config, workdir, state, store, train_loader)
+    log.text(f"starting at step {start_step} from {origin}")
+
+    first = next(train_loader)
+    options = trainer.StepOptions(
+        compute_dtype=config.train.compute_dtype,
+        grad_accum=config.optim.grad_accum,
+        aux_loss_weight=config.train.aux_loss_weight,
+    )
+    train_step = trainer.make_train_step(state, mesh, first, options=options)
+    evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn)
+    config_json = json.loads(config.to_json_best_effort())
+
+    stop = _install_sigterm()
+    rng = jax.random.key(config.seed)
+    sums: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    batch = first
+    t0 = time.time()
+    progress = log.progress(start_step, config.train.steps, enabled=config.train.progress)
+    step = start_step
+    while step < config.train.steps:
+        step += 1
+        state.state, out = train_step(state.state, batch, jax.random.fold_in(rng, step))
+        trainer.check_finite(step, out, train_step.grad_names)
+        for k in ("loss_sum", "weight_sum", "correct", "count"):
+            sums[k] = sums.get(k, 0.0) + float(out[k])
+        progress.update(1)
+        if step % config.train.log_every == 0 or step == config.train.steps:
+            row = {"step": step, **metrics.finalize_sums(sums)}
+            row["grad_norm"] = float(out["grad_norm"])
+            row["steps_per_s"] = (step - start_step) / max(time.time() - t0, 1e-9)
+            log.write("train", row)
+            sums = {}
+        is_last = step == config.train.steps
+        if step % config.train.eval_every == 0 or is_last:
+            last_eval = evaluator.metrics(state)
+            log.write("eval", {"step": step, **last_eval})
+        if step % config.train.checkpoint_every == 0 or is_last or stop["stop"]:
+            store.save(
+                step,
+                trainer.checkpoint_tree(state),
+                data_iterator=train_loader.iterator,
+                config=config_json,
+                metrics=last_eval if step % config.train.eval_every == 0 or is_last else None,
+            )
+        if stop["stop"]:
+            log.text(f"stopped by SIGTERM after step {step}; resume with the same command")
+            break
+        if not is_last:
+            batch = next(train_loader)
+    progress.close()
+    store.close()
+    train_loader.close()
+    log.close()
+    return last_eval
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    np.set_printoptions(precision=4)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,224 @@
+"""Checkpoints: model and optimizer state, data-iterator state and the config.
+
+One orbax CheckpointManager per workdir keeps the last N steps and the best
+step by an evaluation metric. Each step holds four items:
+``state`` (a pytree of arrays: params and optimizer), ``data`` (the grain
+iterator, one file per process), ``config`` (JSON) and ``meta`` (step, metrics).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointMismatch(ValueError):
+    """Parameters in a checkpoint do not fit the model: lists every problem."""
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+class CheckpointStore:
+    """Saves and restores training steps in ``<workdir>/checkpoints``."""
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep_last: int = 2,
+        best_metric: str | None = "balanced_accuracy",
+        best_mode: str = "max",
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_last)]
+        if best_metric:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=self._metric_value,
+                    reverse=best_mode == "min",
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            # Orbax records step metrics only when best_fn is set; retention is the
+            # preservation policy below, ranking is best_step().
+            best_fn=self._metric_value if best_metric else None,
+            best_mode=best_mode,
+            enable_async_checkpointing=False,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,
+        )
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def _metric_value(self, metrics: Mapping[str, float] | None) -> float:
+        worst = -float("inf") if self.best_mode == "max" else float("inf")
+        return float((metrics or {}).get(self.best_metric, worst))
+
+    def best_step(self) -> int | None:
+        """The step with the best metric; None when no step has that metric."""
+        if not self.best_metric:
+            return None
+        scored = [
+            (self._metric_value(m), s)
+            for s in self._manager.all_steps()
+            if self.best_metric in (m := self._manager.metrics(s) or {})
+        ]
+        if not scored:
+            return None
+        pick = max if self.best_mode == "max" else min
+        return pick(scored)[1]
+
+    def all_steps(self) -> Sequence[int]:
+        return self._manager.all_steps()
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iterator: grain.DatasetIterator | None,
+        config: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardSave(state),
+            "config": ocp.args.JsonSave(dict(config)),
+            "meta": ocp.args.JsonSave({"step": int(step), "metrics": dict(metrics or {})}),
+        }
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        # Orbax's metrics drive the best-N policy; metric-less steps are kept only as latest.
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(**items),
+            metrics=dict(metrics) if metrics else None,
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(
+        self, step: int, abstract_state: Any, *, data_iterator: grain.DatasetIterator | None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restores ``state`` (shaped and sharded like ``abstract_state``) and the iterator."""
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], restored["meta"]
+
+    def restore_item(self, step: int, item: str) -> Any:
+        """One item of a step, restored as saved (numpy/host arrays, or JSON)."""
+        args = ocp.args.JsonRestore() if item in ("config", "meta") else ocp.args.StandardRestore()
+        return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def load_params(
+    workdir: str,
+    *,
+    step: int | None = None,
+    best_metric: str | None = "balanced_accuracy",
+    best_mode: str = "max",
+) -> tuple[dict[str, Any], int]:
+    """Reads the parameter tree (``state['params']``) of a checkpoint as numpy arrays.
+
+    Without ``step``: the best step by ``best_metric`` (the latest when no step
+    has metrics, or when ``best_metric`` is None).
+    """
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r} (looked for {directory})")
+    store = CheckpointStore(
+        workdir, keep_last=1 << 30, best_metric=best_metric, best_mode=best_mode
+    )
+    try:
+        if step is None:
+            step = store.best_step() or store.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no finished checkpoint step in {directory}")
+        restored = store.restore_item(step, "state")
+    finally:
+        store.close()
+    params = jax.tree.map(np.asarray, restored["params"])
+    return params, int(step)
+
+
+def merge_params(
+    target: Mapping[str, Any],
+    source: Mapping[str, Any],
+    *,
+    prefix: str,
+    skip: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Copies ``source`` into the ``prefix`` subtree of ``target``, strictly.
+
+    Keys matching a ``skip`` regex (e.g. a stage-1 head) are left as initialised
+    in ``target`` and ignored in ``source``. Every other key must exist on both
+    sides with the same shape; all problems are reported in one error.
+    """
+    flat_target = _flatten(target)
+    flat_source = {f"{prefix}/{k}": v for k, v in _flatten(source).items()}
+    skipped = [re.compile(p) for p in skip]
+
+    def is_skipped(key: str) -> bool:
+        return any(p.search(key) for p in skipped)
+
+    wanted = {k for k in flat_target if k.startswith(prefix + "/") and not is_skipped(k)}
+    given = {k for k in flat_source if not is_skipped(k)}
+    problems = [f"missing in checkpoint: {k}" for k in sorted(wanted - given)]
+    problems += [f"unexpected in checkpoint: {k}" for k in sorted(given - wanted)]
+    for k in sorted(wanted & given):
+        if tuple(np.shape(flat_target[k])) != tuple(np.shape(flat_source[k])):
+            problems.append(
+                f"shape of {k}: checkpoint {np.shape(flat_source[k])}, "
+                f"model {np.shape(flat_target[k])}"
+            )
+    if problems:
+        raise CheckpointMismatch(f"cannot load branch {prefix!r}:\n  " + "\n  ".join(problems))
+    merged = dict(flat_target)
+    for k in wanted:
+        merged[k] = np.asarray(flat_source[k]).astype(np.asarray(flat_target[k]).dtype)
+    return _unflatten(merged)

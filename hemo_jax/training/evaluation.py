@@ -1,0 +1,91 @@
+"""Per-video predictions on a split: windows averaged, padding dropped, metrics computed."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from hemo_jax.data import pipeline
+from hemo_jax.data.shards import ShardSet
+from hemo_jax.training import inputs, metrics, sharding, trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """One row per video of the split, in shard order."""
+
+    record_index: np.ndarray  # int [N], index into the shard set
+    probability: np.ndarray  # float [N], P(win), mean over the video's windows
+    branch_probability: dict[str, np.ndarray]  # each branch's own P(win)
+
+
+class Evaluator:
+    """Runs the model over every window of every video of one split."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        shards: ShardSet,
+        mesh: Mesh,
+        *,
+        text_fn: Any = None,
+        split: str | None = None,
+    ):
+        self.config, self.shards, self.mesh, self.text_fn = config, shards, mesh, text_fn
+        self.pcfg = inputs.pipeline_config(config, train=False, split=split)
+        self._step = None
+
+    def predict(self, state: trainer.TrainState) -> Predictions:
+        loader = pipeline.make_loader(
+            self.shards,
+            self.pcfg,
+            train=False,
+            mesh=self.mesh,
+            data_axis=sharding.BATCH_AXES,
+            text_fn=self.text_fn,
+        )
+        sums: dict[str, dict[int, float]] = {}
+        counts: dict[int, int] = {}
+        with loader:
+            for batch in loader:
+                if self._step is None:
+                    self._step = trainer.make_eval_step(
+                        state, self.mesh, batch, self.config.train.compute_dtype
+                    )
+                out = {k: np.asarray(v) for k, v in self._step(state.state, batch).items()}
+                for row in np.flatnonzero(out["valid"]):
+                    vid = int(out["video_index"][row])
+                    counts[vid] = counts.get(vid, 0) + 1
+                    for key, value in out.items():
+                        if key.startswith("prob"):
+                            sums.setdefault(key, {})[vid] = sums.get(key, {}).get(vid, 0.0) + float(
+                                value[row]
+                            )
+        order = np.array(sorted(counts), np.int64)
+        mean = {k: np.array([v[i] / counts[i] for i in order]) for k, v in sums.items()}
+        return Predictions(
+            record_index=order,
+            probability=mean.pop("prob"),
+            branch_probability={k.removeprefix("prob_"): v for k, v in mean.items()},
+        )
+
+    def labels(self, predictions: Predictions) -> np.ndarray:
+        return np.array([self.shards.infos[i].label for i in predictions.record_index])
+
+    def metrics(self, state: trainer.TrainState) -> dict[str, float]:
+        """Point metrics of the fused prediction on the split's true labels."""
+        pred = self.predict(state)
+        labels = self.labels(pred)
+        known = labels >= 0
+        if not known.any():
+            return {}
+        out = metrics.point_metrics(labels[known], pred.probability[known])
+        for name, probs in pred.branch_probability.items():
+            if len(pred.branch_probability) > 1:
+                branch = metrics.point_metrics(labels[known], probs[known])
+                out[f"{name}_balanced_accuracy"] = branch["balanced_accuracy"]
+        return out

@@ -1,0 +1,31 @@
+"""The data pipeline settings a training config implies, for training and evaluation."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hemo_jax.data import pipeline
+
+
+def pipeline_config(
+    config: ml_collections.ConfigDict, *, train: bool, split: str | None = None
+) -> pipeline.PipelineConfig:
+    """Training reads ``data.train_splits`` (+ the pseudo pool in stage 2); evaluation
+    reads ``split`` (default ``data.eval_split``) in evenly spaced windows."""
+    d = config.data
+    use_pool = train and config.pseudo.pool != "none"
+    return pipeline.PipelineConfig(
+        batch_size=d.batch_size if train else d.eval_batch_size,
+        max_frames=d.max_frames,
+        image_dim=config.model.image_feature_dim if "image" in config.branches else None,
+        image_max=d.max_images,
+        eval_windows=d.eval_windows,
+        splits=tuple(d.train_splits) if train else (split or d.eval_split,),
+        pseudo_pool=config.pseudo.pool if use_pool else "none",
+        min_pseudo_confidence=config.pseudo.threshold,
+        confidence_weighting=config.pseudo.confidence_weighting,
+        balance_classes=train and config.train.class_weighting and not d.balanced_sampling,
+        balanced_sampling=train and d.balanced_sampling,
+        seed=config.seed,
+        num_workers=d.num_workers if train else 0,
+    )

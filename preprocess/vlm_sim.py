@@ -1,0 +1,757 @@
+"""A SIMULATED vision-language model server for offline tests and the demo. It is not Gemini.
+
+It speaks the parts of the Gemini REST API that the labeler uses through the real google-genai
+client, so the labeler's request, upload, retry, parsing and caching code runs unchanged
+against it:
+
+- `POST /v1beta/models/{model}:generateContent` -> `candidates[0].content.parts[0].text` (the
+  structured JSON answer), `finishReason`, `usageMetadata`, `modelVersion`;
+- the Files API resumable upload (`POST /upload/v1beta/files` with `X-Goog-Upload-Command:
+  start`, then `upload, finalize` chunks at the URL returned in `x-goog-upload-url`),
+  `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`.
+
+Answers come from a noisy oracle, not from looking at the video: for a video whose content
+hash (sha256 of the bytes) has a known label, it answers the true label with probability
+`accuracy` and the wrong one otherwise, deterministically per (seed, video, turn), with
+canned observations and reasoning and a confidence that is higher on correct answers on
+average. Unknown videos get a coin flip at the iMiGUE base rate with low confidence. Token
+counts are synthetic.
+
+Faults are injected per request, from a per-video script, a global script or seeded rates:
+`429`, `500`, `503`, `malformed` (truncated JSON text), `schema` (JSON that breaks the schema),
+`empty` (no candidates), `safety` (finish reason SAFETY, no content), `slow` (answer only after
+`slow_s`, longer than a client's time-out) and `echo_key` (a 400 whose message repeats the
+API key, to test that clients scrub it). A request whose client hangs up before the answer is
+logged as `abandoned`; the request log is what tests count.
+
+Every response says what it is: the `Server` header is `simulated-vlm/...` and `modelVersion`
+is `simulated-vlm`.
+
+    python -m preprocess.vlm_sim --port 8765 --truth truth.json --accuracy 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import logging
+import random
+import re
+import select
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+logger = logging.getLogger(__name__)
+
+SIMULATED_MODEL_VERSION = "simulated-vlm"
+SERVER_HEADER = "simulated-vlm/1 (simulation; not Gemini)"
+FAULTS = ("ok", "429", "500", "503", "malformed", "schema", "empty", "safety", "slow", "echo_key")
+WIN_BASE_RATE = 258 / 359
+
+_GENERATE_PATH = re.compile(r"^/(v1|v1beta)/models/([^/:]+):generateContent$")
+_FILE_PATH = re.compile(r"^/v1beta/files/([^/]+)$")
+_UPLOAD_PATH = "/upload/v1beta/files"
+
+_WIN_CUES = (
+    "leans back in the chair with relaxed shoulders",
+    "smiles broadly while recalling key points of the match",
+    "keeps steady eye contact with the reporters",
+    "speaks at an even pace and jokes with the room",
+    "talks about preparing for the next round",
+    "uses open palm gestures while explaining tactics",
+)
+_LOSE_CUES = (
+    "touches the face and rubs the back of the neck",
+    "looks down at the table for several seconds before answering",
+    "folds the arms tightly across the chest",
+    "gives short answers with long pauses",
+    "presses the lips together and exhales before answering",
+    "talks about mistakes and about the opponent playing better",
+)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse_label(value: Any, where: str) -> int:
+    if value in (1, "1", "win", "positive"):
+        return 1
+    if value in (0, "0", "lose", "negative"):
+        return 0
+    raise ValueError(f"{where}: label {value!r} is not one of win/lose/1/0")
+
+
+def truth_for_videos(items: Iterable[tuple[str | Path, Any]]) -> dict[str, int]:
+    """(video path, label) pairs -> {sha256 of the file: 1 win / 0 lose} for the oracle."""
+    return {sha256_file(path): _parse_label(label, str(path)) for path, label in items}
+
+
+def load_truth(path: str | Path) -> dict[str, int]:
+    """Read a truth file: a JSON object {sha256 hex: "win" | "lose" | 1 | 0}."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the truth file: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the truth file must hold a JSON object sha256 -> label")
+    truth = {}
+    for key, value in raw.items():
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ValueError(f"{path}: key {key!r} is not a lowercase sha256 hex digest")
+        truth[key] = _parse_label(value, f"{path}[{key}]")
+    return truth
+
+
+@dataclass
+class FaultPlan:
+    """Which fault the next generateContent requests get.
+
+    `by_video` (sha256 -> faults) is consumed first, one entry per request for that video;
+    then `script`, one entry per request of any video; then `rates` (fault -> probability per
+    request, drawn from a generator seeded with `seed`). Anything else is answered normally.
+    """
+
+    by_video: dict[str, list[str]] = field(default_factory=dict)
+    script: list[str] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        names = [f for faults in self.by_video.values() for f in faults]
+        names += list(self.script) + list(self.rates)
+        unknown = sorted(set(names) - set(FAULTS))
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; known: {list(FAULTS)}")
+        if sum(self.rates.values()) > 1.0 or any(p < 0 for p in self.rates.values()):
+            raise ValueError(f"fault rates {self.rates} must be >= 0 and sum to at most 1")
+        self.by_video = {k: list(v) for k, v in self.by_video.items()}
+        self.script = list(self.script)
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def next_fault(self, video_sha: str) -> str:
+        with self._lock:
+            queue = self.by_video.get(video_sha)
+            if queue:
+                return queue.pop(0)
+            if self.script:
+                return self.script.pop(0)
+            draw = self._rng.random()
+            for name, rate in self.rates.items():
+                if draw < rate:
+                    return name
+                draw -= rate
+            return "ok"
+
+
+class Oracle:
+    """Deterministic noisy answers: right with probability `accuracy` per (seed, video, turn)."""
+
+    def __init__(self, truth: Mapping[str, int], accuracy: float, seed: int = 0) -> None:
+        if not 0.0 <= accuracy <= 1.0:
+            raise ValueError(f"accuracy {accuracy} must lie in [0, 1]")
+        self.truth = dict(truth)
+        self.accuracy = accuracy
+        self.seed = seed
+
+    def answer(self, video_sha: str, turn: int) -> dict[str, Any]:
+        rng = random.Random(f"{self.seed}:{video_sha}:{turn}")
+        true_label = self.truth.get(video_sha)
+        if true_label is None:
+            label = int(rng.random() < WIN_BASE_RATE)
+            confidence = rng.uniform(0.5, 0.65)
+        elif rng.random() < self.accuracy:
+            label, confidence = true_label, rng.uniform(0.65, 0.95)
+        else:
+            label, confidence = 1 - true_label, rng.uniform(0.5, 0.75)
+        name, other = ("win", "lose") if label else ("lose", "win")
+        support = rng.sample(_WIN_CUES if label else _LOSE_CUES, 3)
+        against = rng.choice(_LOSE_CUES if label else _WIN_CUES)
+        stamps = sorted(rng.sample(range(5, 600), 4))
+        observations = [
+            f"{t // 60:02d}:{t % 60:02d} the player {cue}"
+            for t, cue in zip(stamps, [*support, against], strict=True)
+        ]
+        reasoning = (
+            f"Three of the four cues point to a {name}: the player {support[0]}, "
+            f"{support[1]} and {support[2]}. The player also {against}, which alone would "
+            f"suggest a {other}, but it is a single cue against a consistent pattern."
+        )
+        if turn > 1:
+            reasoning = (
+                "On reflection, politeness could mask the felt emotion and no single cue "
+                f"should decide; the pattern still supports a {name}. " + reasoning
+            )
+        return {
+            "observations": observations,
+            "reasoning": reasoning,
+            "label": name,
+            "confidence": round(confidence, 3),
+            "transcript_summary": (
+                "Simulated summary: the player answers questions about the match, "
+                "the conditions and the schedule ahead."
+            ),
+        }
+
+
+@dataclass
+class RequestRecord:
+    """One request the server received (the tests' request log)."""
+
+    kind: str  # generate | upload_start | upload_chunk | file_get | file_delete | other
+    video_sha: str | None = None
+    turn: int | None = None
+    video_source: str | None = None  # inline | file
+    fault: str | None = None
+    status: int | None = None
+    outcome: str = "in_flight"  # answered | abandoned | rejected | in_flight
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+
+@dataclass
+class _StoredFile:
+    name: str
+    mime_type: str
+    display_name: str | None
+    data: bytes
+    polls_until_active: int
+
+    @property
+    def sha(self) -> str:
+        return sha256_bytes(self.data)
+
+
+@dataclass
+class _PendingUpload:
+    size: int
+    mime_type: str
+    display_name: str | None
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _ApiError(Exception):
+    def __init__(self, code: int, status: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
+class SimulatedVLM:
+    """The simulation server; start with `with SimulatedVLM(...) as sim:` and use `sim.base_url`.
+
+    Args:
+      truth: sha256 of video bytes -> 1 win / 0 lose, for the oracle.
+      accuracy: probability that an answer about a video with known truth is right.
+      seed: seeds the oracle.
+      faults: fault injection plan (see `FaultPlan`).
+      api_key: when set, requests must carry it (`x-goog-api-key` or `?key=`), as Gemini
+        requires a valid key; a wrong key gets Gemini's 400 INVALID_ARGUMENT.
+      latency_s: every generateContent answer waits this long (a slow model).
+      slow_s: extra wait of the `slow` fault.
+      processing_polls: how many file GETs answer PROCESSING before the file is ACTIVE.
+    """
+
+    def __init__(
+        self,
+        truth: Mapping[str, int] | None = None,
+        *,
+        accuracy: float = 0.8,
+        seed: int = 0,
+        faults: FaultPlan | None = None,
+        api_key: str | None = None,
+        latency_s: float = 0.0,
+        slow_s: float = 30.0,
+        processing_polls: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.oracle = Oracle(truth or {}, accuracy, seed)
+        self.faults = faults or FaultPlan()
+        self._api_key = api_key
+        self.latency_s = latency_s
+        self.slow_s = slow_s
+        self.processing_polls = processing_polls
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._log: list[RequestRecord] = []
+        self._files: dict[str, _StoredFile] = {}
+        self._uploads: dict[str, _PendingUpload] = {}
+        self._in_flight = 0
+        self.max_in_flight = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> SimulatedVLM:
+        server = ThreadingHTTPServer(self._address, _Handler)
+        server.daemon_threads = True
+        server.sim = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> SimulatedVLM:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the simulated VLM server is not running; call start()")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- request log -------------------------------------------------------------------------
+
+    @property
+    def log(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._log)
+
+    def generate_counts(self, outcome: str | None = None) -> Counter[str]:
+        """Number of generateContent requests per video hash (optionally of one outcome)."""
+        return Counter(
+            r.video_sha
+            for r in self.log
+            if r.kind == "generate" and (outcome is None or r.outcome == outcome)
+        )
+
+    def in_flight(self) -> list[RequestRecord]:
+        return [r for r in self.log if r.outcome == "in_flight" and r.kind == "generate"]
+
+    def _record(self, record: RequestRecord) -> RequestRecord:
+        with self._lock:
+            self._log.append(record)
+        return record
+
+    # -- request handling --------------------------------------------------------------------
+
+    def _handle(self, handler: _Handler, method: str) -> None:
+        url = urlsplit(handler.path)
+        query = parse_qs(url.query)
+        # Read the whole body first: on a kept-alive connection an unread body would be taken
+        # for the next request.
+        try:
+            handler.body = handler.rfile.read(_content_length(handler))
+        except _ApiError as err:
+            handler.close_connection = True
+            _send_json(handler, err.code, {"error": {"code": err.code, "message": err.message}})
+            return
+        if method == "POST" and url.path == _UPLOAD_PATH and "upload_id" in query:
+            self._upload_chunk(handler, query["upload_id"][0])
+            return
+        record = self._record(RequestRecord(kind="other"))
+        try:
+            self._check_key(handler, query)
+            generate = _GENERATE_PATH.match(url.path)
+            file_match = _FILE_PATH.match(url.path)
+            if method == "POST" and generate:
+                record.kind = "generate"
+                self._generate(handler, record)
+            elif method == "POST" and url.path == _UPLOAD_PATH:
+                record.kind = "upload_start"
+                self._upload_start(handler, record)
+            elif method == "GET" and file_match:
+                record.kind = "file_get"
+                _send_json(handler, 200, self._file_json(file_match.group(1), poll=True))
+                self._finish(record, 200, "answered")
+            elif method == "DELETE" and file_match:
+                record.kind = "file_delete"
+                with self._lock:
+                    if self._files.pop(file_match.group(1), None) is None:
+                        raise _ApiError(404, "NOT_FOUND", f"File {url.path} not found.")
+                _send_json(handler, 200, {})
+                self._finish(record, 200, "answered")
+            else:
+                raise _ApiError(404, "NOT_FOUND", f"{method} {url.path} is not served here.")
+        except _ApiError as err:
+            body = {"error": {"code": err.code, "message": err.message, "status": err.status}}
+            _send_json(handler, err.code, body)
+            self._finish(record, err.code, "rejected")
+
+    def _finish(self, record: RequestRecord, status: int | None, outcome: str) -> None:
+        with self._lock:
+            record.status, record.outcome, record.finished = status, outcome, time.monotonic()
+
+    def _check_key(self, handler: _Handler, query: dict[str, list[str]]) -> None:
+        sent = handler.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
+        if not sent:
+            raise _ApiError(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+        if self._api_key is not None and sent != self._api_key:
+            raise _ApiError(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid key.")
+
+    def _generate(self, handler: _Handler, record: RequestRecord) -> None:
+        body = _read_json(handler)
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise _ApiError(400, "INVALID_ARGUMENT", "contents must be a non-empty list.")
+        config = body.get("generationConfig") or {}
+        if config.get("responseMimeType") != "application/json" or not (
+            config.get("responseSchema") or config.get("responseJsonSchema")
+        ):
+            raise _ApiError(
+                400,
+                "INVALID_ARGUMENT",
+                "This simulation answers only structured requests "
+                "(responseMimeType application/json with a response schema).",
+            )
+        video, record.video_source = self._find_video(contents)
+        record.video_sha = sha256_bytes(video)
+        record.turn = sum(1 for c in contents if c.get("role", "user") == "user")
+        record.fault = self.faults.next_fault(record.video_sha)
+        if record.fault == "echo_key":
+            sent = handler.headers.get("x-goog-api-key", "")
+            raise _ApiError(400, "INVALID_ARGUMENT", f"API key {sent} is not allowed here.")
+
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            wait = self.latency_s + (self.slow_s if record.fault == "slow" else 0.0)
+            if not _wait_unless_hung_up(handler.connection, wait):
+                handler.close_connection = True
+                self._finish(record, None, "abandoned")
+                return
+            status, payload = self._generate_reply(record, video, body)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        try:
+            _send_json(handler, status, payload)
+        except OSError:
+            self._finish(record, None, "abandoned")
+            return
+        self._finish(record, status, "answered" if status == 200 else "rejected")
+
+    def _generate_reply(
+        self, record: RequestRecord, video: bytes, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        fault = record.fault
+        if fault in ("429", "500", "503"):
+            status, message = {
+                "429": ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+                "500": ("INTERNAL", "An internal error has occurred."),
+                "503": ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+            }[fault]
+            return int(fault), {"error": {"code": int(fault), "message": message, "status": status}}
+        answer = self.oracle.answer(record.video_sha or "", record.turn or 1)
+        text = json.dumps(answer)
+        prompt_chars = sum(len(p.get("text", "")) for c in body["contents"] for p in c["parts"])
+        usage = {
+            "promptTokenCount": 258 + len(video) // 1024 + prompt_chars // 4,
+            "candidatesTokenCount": len(text) // 4,
+            "thoughtsTokenCount": 128,
+        }
+        usage["totalTokenCount"] = sum(usage.values())
+        reply: dict[str, Any] = {
+            "usageMetadata": usage,
+            "modelVersion": SIMULATED_MODEL_VERSION,
+            "responseId": uuid.uuid4().hex,
+        }
+        if fault == "empty":
+            reply["candidates"] = []
+            return 200, reply
+        if fault == "safety":
+            reply["candidates"] = [
+                {
+                    "finishReason": "SAFETY",
+                    "index": 0,
+                    "safetyRatings": [
+                        {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH"}
+                    ],
+                }
+            ]
+            return 200, reply
+        if fault == "malformed":
+            text = text[: len(text) // 2]
+        elif fault == "schema":
+            text = json.dumps({**answer, "label": "draw", "confidence": 1.7})
+        reply["candidates"] = [
+            {
+                "content": {"role": "model", "parts": [{"text": text}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ]
+        return 200, reply
+
+    def _find_video(self, contents: list[dict[str, Any]]) -> tuple[bytes, str]:
+        for content in contents:
+            for part in content.get("parts") or []:
+                inline = part.get("inlineData") or part.get("inline_data")
+                if inline:
+                    try:
+                        # google-genai sends URL-safe base64; the REST API takes either.
+                        data = inline["data"].replace("-", "+").replace("_", "/")
+                        return base64.b64decode(data, validate=True), "inline"
+                    except (KeyError, ValueError) as exc:
+                        raise _ApiError(400, "INVALID_ARGUMENT", "bad inlineData.data") from exc
+                file_data = part.get("fileData") or part.get("file_data")
+                if file_data:
+                    uri = file_data.get("fileUri") or file_data.get("file_uri") or ""
+                    file_id = uri.rstrip("/").rsplit("/", 1)[-1]
+                    with self._lock:
+                        stored = self._files.get(file_id)
+                    if stored is None:
+                        raise _ApiError(
+                            403, "PERMISSION_DENIED", f"File {file_id} does not exist or is gone."
+                        )
+                    if stored.polls_until_active > 0:
+                        raise _ApiError(
+                            400,
+                            "FAILED_PRECONDITION",
+                            f"The File {file_id} is not in an ACTIVE state.",
+                        )
+                    return stored.data, "file"
+        raise _ApiError(400, "INVALID_ARGUMENT", "no video part (inlineData or fileData) found.")
+
+    def _upload_start(self, handler: _Handler, record: RequestRecord) -> None:
+        headers = handler.headers
+        if headers.get("X-Goog-Upload-Protocol") != "resumable" or (
+            headers.get("X-Goog-Upload-Command") != "start"
+        ):
+            raise _ApiError(400, "INVALID_ARGUMENT", "expected a resumable upload start.")
+        meta = (_read_json(handler).get("file") or {}) if handler.body else {}
+        try:
+            size = int(headers["X-Goog-Upload-Header-Content-Length"])
+        except (KeyError, ValueError) as exc:
+            raise _ApiError(400, "INVALID_ARGUMENT", "missing upload content length.") from exc
+        upload_id = uuid.uuid4().hex[:16]
+        with self._lock:
+            self._uploads[upload_id] = _PendingUpload(
+                size=size,
+                mime_type=headers.get("X-Goog-Upload-Header-Content-Type", "video/mp4"),
+                display_name=meta.get("displayName") or meta.get("display_name"),
+            )
+        _send_json(
+            handler,
+            200,
+            {},
+            {
+                "x-goog-upload-url": f"{self.base_url}{_UPLOAD_PATH}?upload_id={upload_id}",
+                "x-goog-upload-status": "active",
+            },
+        )
+        self._finish(record, 200, "answered")
+
+    def _upload_chunk(self, handler: _Handler, upload_id: str) -> None:
+        record = self._record(RequestRecord(kind="upload_chunk"))
+        chunk = handler.body
+        command = handler.headers.get("X-Goog-Upload-Command", "")
+        with self._lock:
+            pending = self._uploads.get(upload_id)
+            offset_ok = pending is not None and handler.headers.get("X-Goog-Upload-Offset") == str(
+                len(pending.data)
+            )
+            if offset_ok:
+                pending.data.extend(chunk)
+        # The client retries chunks that lack x-goog-upload-status, so every answer carries it.
+        if not offset_ok:
+            error = {"error": {"code": 400, "message": "bad upload offset", "status": "INVALID"}}
+            _send_json(handler, 400, error, {"x-goog-upload-status": "final"})
+            self._finish(record, 400, "rejected")
+            return
+        if "finalize" not in command:
+            _send_json(handler, 200, {}, {"x-goog-upload-status": "active"})
+            self._finish(record, 200, "answered")
+            return
+        file_id = uuid.uuid4().hex[:12]
+        with self._lock:
+            del self._uploads[upload_id]
+            self._files[file_id] = _StoredFile(
+                name=f"files/{file_id}",
+                mime_type=pending.mime_type,
+                display_name=pending.display_name,
+                data=bytes(pending.data),
+                polls_until_active=self.processing_polls,
+            )
+        _send_json(
+            handler, 200, {"file": self._file_json(file_id)}, {"x-goog-upload-status": "final"}
+        )
+        self._finish(record, 200, "answered")
+
+    def _file_json(self, file_id: str, poll: bool = False) -> dict[str, Any]:
+        with self._lock:
+            stored = self._files.get(file_id)
+            if stored is None:
+                raise _ApiError(403, "PERMISSION_DENIED", f"File {file_id} does not exist.")
+            if poll and stored.polls_until_active > 0:
+                stored.polls_until_active -= 1
+                state = "PROCESSING"
+            else:
+                state = "PROCESSING" if stored.polls_until_active > 0 else "ACTIVE"
+        meta: dict[str, Any] = {
+            "name": stored.name,
+            "mimeType": stored.mime_type,
+            "sizeBytes": str(len(stored.data)),
+            "sha256Hash": base64.b64encode(stored.sha.encode()).decode(),
+            "uri": f"{self.base_url}/v1beta/{stored.name}",
+            "state": state,
+            "source": "UPLOADED",
+        }
+        if stored.display_name:
+            meta["displayName"] = stored.display_name
+        return meta
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = SERVER_HEADER
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    body = b""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        self.server.sim._handle(self, "POST")  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.sim._handle(self, "GET")  # type: ignore[attr-defined]
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.sim._handle(self, "DELETE")  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
+        logger.debug("simulated VLM: " + format, *args)
+
+
+def _content_length(handler: BaseHTTPRequestHandler) -> int:
+    try:
+        return int(handler.headers.get("Content-Length") or 0)
+    except ValueError as exc:
+        raise _ApiError(400, "INVALID_ARGUMENT", "bad Content-Length.") from exc
+
+
+def _read_json(handler: _Handler) -> dict[str, Any]:
+    try:
+        body = json.loads(handler.body)
+    except json.JSONDecodeError as exc:
+        raise _ApiError(400, "INVALID_ARGUMENT", f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _ApiError(400, "INVALID_ARGUMENT", "request body must be a JSON object.")
+    return body
+
+
+def _send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    payload: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    data = json.dumps(payload).encode("utf-8")
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json; charset=UTF-8")
+    handler.send_header("Content-Length", str(len(data)))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+    handler.wfile.flush()
+
+
+def _wait_unless_hung_up(conn: socket.socket, seconds: float) -> bool:
+    """Sleep `seconds`; return False early if the client closed the connection meanwhile.
+
+    The request body has been read, so the socket turns readable only when the client hangs
+    up (time-out, kill): peeking then returns b"".
+    """
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([conn], [], [], min(left, 0.5))
+        if readable:
+            try:
+                if conn.recv(1, socket.MSG_PEEK) == b"":
+                    return False
+            except OSError:
+                return False
+            time.sleep(min(left, 0.01))  # unexpected early bytes: don't spin on them
+    return True
+
+
+def _parse_rates(items: list[str]) -> dict[str, float]:
+    rates = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--fault-rate {item!r}: expected NAME=PROBABILITY")
+        rates[name] = float(value)
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.vlm_sim",
+        description="Simulated VLM server (a noisy oracle, not Gemini) for offline labelling.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--truth", type=Path, help="JSON {sha256 of video bytes: win|lose|1|0}")
+    parser.add_argument("--accuracy", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument(
+        "--fault-rate",
+        action="append",
+        default=[],
+        metavar="NAME=P",
+        help=f"inject a fault with probability P per request; names: {', '.join(FAULTS[1:])}",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sim = SimulatedVLM(
+        load_truth(args.truth) if args.truth else {},
+        accuracy=args.accuracy,
+        seed=args.seed,
+        faults=FaultPlan(rates=_parse_rates(args.fault_rate), seed=args.seed),
+        latency_s=args.latency,
+        host=args.host,
+        port=args.port,
+    )
+    with sim:
+        print(f"simulated VLM (not Gemini) listening on {sim.base_url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

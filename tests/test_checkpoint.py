@@ -1,0 +1,61 @@
+"""Checkpoint store: save/restore round trip, retention, strict branch loading."""
+
+import numpy as np
+import pytest
+
+from hemo_jax.training import checkpoint
+
+
+def _state(scale):
+    return {
+        "params": {"w": np.full((2, 3), scale, np.float32), "b": np.zeros(3, np.float32)},
+        "opt": {"count": np.array(scale, np.int32)},
+    }
+
+
+def test_round_trip_and_retention(tmp_path):
+    store = checkpoint.CheckpointStore(str(tmp_path), keep_last=2, best_metric="acc")
+    for step, acc in [(1, 0.9), (2, 0.1), (3, 0.2), (4, 0.3)]:
+        store.save(step, _state(step), data_iterator=None, config={"x": 1}, metrics={"acc": acc})
+    # The last two and the best one (step 1) survive.
+    assert sorted(store.all_steps()) == [1, 3, 4]
+    assert store.best_step() == 1
+    state, meta = store.restore(4, _state(0), data_iterator=None)
+    np.testing.assert_array_equal(state["params"]["w"], np.full((2, 3), 4, np.float32))
+    assert meta["step"] == 4 and meta["metrics"]["acc"] == pytest.approx(0.3)
+    store.close()
+    params, step = checkpoint.load_params(str(tmp_path), best_metric="acc")
+    assert step == 1
+    np.testing.assert_array_equal(params["w"], np.full((2, 3), 1, np.float32))
+
+
+def test_merge_params_is_strict_and_reports_every_problem():
+    target = {
+        "branches": {
+            "keypoints": {"enc": {"w": np.zeros((2, 2))}, "head": {"w": np.zeros((2, 2))}},
+            "text": {"w": np.zeros(3)},
+        }
+    }
+    good = {"enc": {"w": np.ones((2, 2))}, "head": {"w": np.ones((4, 4))}}
+    merged = checkpoint.merge_params(target, good, prefix="branches/keypoints", skip=(r"/head/",))
+    np.testing.assert_array_equal(merged["branches"]["keypoints"]["enc"]["w"], np.ones((2, 2)))
+    # The skipped head keeps its initial value; other branches are untouched.
+    np.testing.assert_array_equal(merged["branches"]["keypoints"]["head"]["w"], np.zeros((2, 2)))
+    np.testing.assert_array_equal(merged["branches"]["text"]["w"], np.zeros(3))
+
+    bad = {"enc": {"v": np.ones((2, 2))}, "extra": {"w": np.ones(1)}}
+    with pytest.raises(checkpoint.CheckpointMismatch) as e:
+        checkpoint.merge_params(target, bad, prefix="branches/keypoints", skip=(r"/head/",))
+    msg = str(e.value)
+    assert "missing in checkpoint: branches/keypoints/enc/w" in msg
+    assert "unexpected in checkpoint: branches/keypoints/enc/v" in msg
+    assert "unexpected in checkpoint: branches/keypoints/extra/w" in msg
+
+    shaped = {"enc": {"w": np.ones((3, 2))}}
+    with pytest.raises(checkpoint.CheckpointMismatch, match=r"shape of branches/keypoints/enc/w"):
+        checkpoint.merge_params(target, shaped, prefix="branches/keypoints", skip=(r"/head/",))
+
+
+def test_load_params_names_a_workdir_without_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        checkpoint.load_params(str(tmp_path / "nothing"))

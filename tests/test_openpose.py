@@ -1,0 +1,255 @@
+"""OpenPose reader: hand-written frames in tmp dirs, both parsers, errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, RIGHT_HAND
+from preprocess.openpose import (
+    OpenPoseError,
+    _parse_batch,
+    parse_openpose_frame,
+    read_openpose_dir,
+)
+
+
+def person(x: float, y: float, size: float, conf: float = 0.9, *, face: bool = True) -> dict:
+    """A person as OpenPose writes it: keypoints spread over a box of `size` px around (x, y)."""
+    grid = np.linspace(-0.5, 0.5, 137)
+    kp = np.column_stack([x + size * grid, y + size * grid[::-1], np.full(137, conf)])
+    kp[10:15] = 0  # seated: knees and ankles not seen
+    p = {
+        "person_id": [-1],
+        "pose_keypoints_2d": kp[BODY].round(3).ravel().tolist(),
+        "face_keypoints_2d": kp[FACE].round(3).ravel().tolist() if face else [],
+        "hand_left_keypoints_2d": kp[LEFT_HAND].round(3).ravel().tolist(),
+        "hand_right_keypoints_2d": kp[RIGHT_HAND].round(3).ravel().tolist(),
+    }
+    for key in ("pose", "face", "hand_left", "hand_right"):
+        p[f"{key}_keypoints_3d"] = []
+    return p
+
+
+def as_array(p: dict) -> np.ndarray:
+    return parse_openpose_frame({"people": [p]})[0]
+
+
+def write(directory, frame: int, people: list[dict] | None = None, *, text: str | None = None,
+          name: str | None = None) -> str:
+    name = name or f"vid_{frame:012d}_keypoints.json"
+    if text is None:
+        text = json.dumps({"version": 1.3, "people": people or []}, separators=(",", ":"))
+    (directory / name).write_text(text)
+    return name
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_zero_one_and_two_people(tmp_path):
+    a, b = person(640, 300, 200), person(1000, 350, 80)
+    write(tmp_path, 0, [])
+    write(tmp_path, 1, [a])
+    write(tmp_path, 2, [b, a])
+    seq = read_openpose_dir(tmp_path)
+    assert seq.keypoints.dtype == np.float32 and seq.keypoints.shape == (3, 137, 3)
+    assert seq.frames.dtype == np.int32 and seq.frames.tolist() == [0, 1, 2]
+    assert not seq.keypoints[0].any()
+    assert same_bits(seq.keypoints[1], as_array(a))
+    assert same_bits(seq.keypoints[2], as_array(a))
+    s = seq.summary
+    assert (s.files, s.empty_frames, s.multi_person_frames, s.skipped, s.gaps) == (3, 1, 1, 0, 0)
+
+
+def test_continuity_keeps_the_subject_when_a_larger_person_appears(tmp_path):
+    subject, moved = person(400, 300, 150), person(410, 305, 150)
+    write(tmp_path, 0, [subject])
+    write(tmp_path, 1, [person(900, 400, 400, conf=0.95), moved])  # bigger and surer, listed first
+    write(tmp_path, 2, [])
+    write(tmp_path, 3, [person(900, 400, 400, conf=0.95), subject])  # after an empty frame too
+    seq = read_openpose_dir(tmp_path)
+    assert same_bits(seq.keypoints[1], as_array(moved))
+    assert same_bits(seq.keypoints[3], as_array(subject))
+
+
+def test_without_a_previous_choice_the_largest_surest_person_wins(tmp_path):
+    small, large = person(200, 300, 60), person(700, 300, 300)
+    write(tmp_path, 0, [small, large])
+    write(tmp_path, 1, [person(190, 300, 60, conf=0.5), person(705, 300, 300, conf=0.5)])
+    seq = read_openpose_dir(tmp_path)
+    assert same_bits(seq.keypoints[0], as_array(large))
+    assert seq.keypoints[1, 0, 0] == pytest.approx(705 - 150, abs=1)  # and it is then followed
+
+
+def test_gaps_stay_gaps(tmp_path):
+    for f in (3, 4, 9, 10, 12):
+        write(tmp_path, f, [person(100 + f, 200, 100)])
+    seq = read_openpose_dir(tmp_path)
+    assert seq.frames.tolist() == [3, 4, 9, 10, 12]
+    assert seq.summary.gaps == 5  # 5, 6, 7, 8, 11
+    assert seq.keypoints[2, 0, 0] == pytest.approx(109 - 50, abs=1e-3)
+
+
+def test_plain_openpose_names_sort_by_number_not_text(tmp_path):
+    for f in (10, 9, 100, 0):
+        write(tmp_path, f, [person(f, 0, 10)], name=f"clip_{f}_keypoints.json")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    seq = read_openpose_dir(tmp_path)
+    assert seq.frames.tolist() == [0, 9, 10, 100]
+    assert seq.keypoints[:, 0, 0].tolist() == [-5.0, 4.0, 5.0, 95.0]
+
+
+def test_names_without_a_video_prefix(tmp_path):
+    write(tmp_path, 7, [person(1, 1, 1)], name="000000000007_keypoints.json")
+    assert read_openpose_dir(tmp_path).frames.tolist() == [7]
+
+
+def test_missing_and_empty_sections_are_zeros(tmp_path):
+    p = person(500, 300, 100, face=False)
+    del p["hand_left_keypoints_2d"]
+    write(tmp_path, 0, [p])
+    row = read_openpose_dir(tmp_path).keypoints[0]
+    assert not row[FACE].any() and not row[LEFT_HAND].any()
+    assert row[BODY].any() and row[RIGHT_HAND].any()
+
+
+def frame_with(section: str, first_value) -> str:
+    p = person(5, 5, 5)
+    p[section][0] = first_value
+    return json.dumps({"people": [p]})
+
+
+GOOD = json.dumps({"people": [person(5, 5, 5)]})
+MALFORMED = {
+    "truncated": (GOOD[: len(GOOD) // 2], "bad JSON"),
+    "wrong_length": (GOOD.replace('_2d": [', '_2d": [1, ', 1), "has 76 values, expected 75"),
+    "string_in_numbers": (frame_with("face_keypoints_2d", "x"), "non-numeric value 'x'"),
+    "boolean_in_numbers": (frame_with("hand_left_keypoints_2d", True), "non-numeric value True"),
+    "no_people": ('{"version": 1.3}', "no 'people' list"),
+    "leading_zero": (GOOD.replace('_2d": [', '_2d": [01, ', 1), "bad JSON"),
+    "empty_file": ("", "bad JSON"),
+    "null_section": (
+        json.dumps({"people": [{**person(5, 5, 5), "face_keypoints_2d": None}]}),
+        "face_keypoints_2d is a NoneType, not a list",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_raises_naming_it(tmp_path, case):
+    text, message = MALFORMED[case]
+    write(tmp_path, 0, [person(1, 1, 1)])
+    bad = write(tmp_path, 1, text=text)
+    write(tmp_path, 2, [person(1, 1, 1)])
+    with pytest.raises(OpenPoseError, match=re.escape(bad) + ".*" + re.escape(message)):
+        read_openpose_dir(tmp_path)
+
+
+def test_skip_policy_leaves_zero_rows_and_counts(tmp_path):
+    good = person(300, 300, 100)
+    names = []
+    bad = {5: "truncated", 6: "wrong_length", 250: "string_in_numbers"}
+    for f in range(300):  # more than one batch, bad files in both
+        if f in bad:
+            names.append(write(tmp_path, f, text=MALFORMED[bad[f]][0]))
+        else:
+            write(tmp_path, f, [good])
+    seq = read_openpose_dir(tmp_path, on_error="skip")
+    assert seq.summary.skipped_files == tuple(names) and seq.summary.skipped == 3
+    assert len(seq.frames) == 300 and seq.summary.files == 300
+    assert [f for f in range(300) if not seq.keypoints[f].any()] == [5, 6, 250]
+    assert same_bits(seq.keypoints[7], as_array(good))
+    with pytest.raises(ValueError, match="on_error"):
+        read_openpose_dir(tmp_path, on_error="ignore")
+
+
+def test_directory_errors(tmp_path):
+    with pytest.raises(OpenPoseError, match="no \\*_keypoints.json files"):
+        read_openpose_dir(tmp_path)
+    with pytest.raises(OpenPoseError, match="not a directory"):
+        read_openpose_dir(tmp_path / "missing")
+    write(tmp_path, 1, [], name="a_1_keypoints.json")
+    write(tmp_path, 1, [], name="a_0001_keypoints.json")
+    with pytest.raises(OpenPoseError, match="frame 1 twice"):
+        read_openpose_dir(tmp_path)
+    (tmp_path / "a_0001_keypoints.json").unlink()
+    write(tmp_path, 2, [], name="b_2_keypoints.json")
+    with pytest.raises(OpenPoseError, match="several videos"):
+        read_openpose_dir(tmp_path)
+
+
+def messy_documents() -> list[bytes]:
+    """Valid JSON that OpenPose would not write but a hand or another tool might."""
+    p = person(640, 360, 300)
+    spelled = ["1e3", "-2.5E-2", "3.0e+1", "-0", "-0.0", "0.0", "7", "-12.5", "1E-400"]
+    body = ",".join(spelled + ["0.1"] * 66)
+    docs = [
+        {"people": []},
+        {"version": 1.3, "people": [p, p]},
+        {"people": [{"person_id": [-1]}]},  # a person with no keypoints at all
+        {"people": [{"pose_keypoints_2d": [123456789.123456789, 1e-300, 5e-324] + [2**60] * 72}]},
+        {"people": [{"pose_keypoints_2d": [0.30000000000000004, 1 / 3, 2 / 3] * 25}], "x": [[1]]},
+    ]
+    texts = [json.dumps(d).encode() for d in docs]
+    texts.append(b'{"people":[{"pose_keypoints_2d":[' + body.encode() + b"]}]}")
+    spaced = json.dumps({"people": [p]}, indent=2).encode()  # a newline before every number
+    handmade = (
+        b'{ "people" : [ { "pose_keypoints_2d" : [ ' + b" , ".join([b"-1.5e1", b"2"] * 37 + [b"0"])
+        + b' ] ,\n"face_keypoints_2d":[ ]\t} ] , "version" : 1.3 }\r\n'
+    )
+    return texts + [spaced, handmade]
+
+
+def test_fast_path_is_bit_identical_to_json_on_messy_input():
+    docs = messy_documents()
+    for doc, fast in zip(docs, _parse_batch(docs)):
+        assert fast is not None, doc[:80]  # the fast path must take these, not fall back
+        strict = parse_openpose_frame(doc)
+        assert len(fast) == len(strict)
+        assert all(same_bits(a, b) for a, b in zip(fast, strict)), doc[:80]
+
+
+def test_fast_path_is_bit_identical_on_random_numbers():
+    rng = np.random.default_rng(0)
+    formats = ["{:.6g}", "{!r}", "{:.3f}", "{:.8f}", "{:.2e}", "{:.0f}", "{:.17g}"]
+    docs = []
+    for i in range(200):
+        values = rng.normal(0, 10.0 ** rng.integers(-6, 9), 75)
+        values[rng.random(75) < 0.3] = 0
+        spelled = [formats[(i + j) % len(formats)].format(v) for j, v in enumerate(values.tolist())]
+        text = ",".join(spelled)
+        docs.append(b'{"people":[{"pose_keypoints_2d":[' + text.encode() + b"]}]}")
+    fast = _parse_batch(docs)
+    for doc, got in zip(docs, fast):
+        assert got is not None and same_bits(got[0], parse_openpose_frame(doc)[0]), doc[:120]
+
+
+INVALID_NUMBERS = ["01", "1.", ".5", "+1", "1.2.3", "--1", "1e", "0x10", "1 2", "-", "1,", "1-2"]
+
+
+@pytest.mark.parametrize("number", INVALID_NUMBERS)
+def test_fast_path_leaves_invalid_json_to_the_strict_parser(tmp_path, number):
+    doc = ('{"people":[{"pose_keypoints_2d":[' + number + "," + ",".join(["0"] * 74) + "]}]}")
+    good = json.dumps({"people": [person(1, 1, 1)]}).encode()
+    assert _parse_batch([good, doc.encode(), good])[1] is None
+    with pytest.raises(OpenPoseError, match="bad JSON"):
+        parse_openpose_frame(doc.encode())
+
+
+def test_fast_path_leaves_non_finite_values_to_the_strict_parser():
+    doc = b'{"people":[{"pose_keypoints_2d":[NaN' + b",0" * 74 + b"]}]}"
+    assert _parse_batch([doc]) == [None]
+    with pytest.raises(OpenPoseError, match="not finite"):
+        parse_openpose_frame(doc, source="x.json")
+
+
+def test_parse_frame_takes_a_dict_and_names_the_source():
+    people = parse_openpose_frame({"people": [person(10, 20, 4)]})
+    assert len(people) == 1 and people[0].shape == (137, 3) and people[0].dtype == np.float32
+    with pytest.raises(OpenPoseError, match=r"^f\.json: people\[0\] is a list"):
+        parse_openpose_frame({"people": [[]]}, source="f.json")
