@@ -30,7 +30,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m hemo_jax.demo
+	$(PY) scripts/demo.py --out demo_out
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention = ""  # "" = chosen by platform and length
     c.model.remat = False
     c.model.keypoint_backbone = "mlp"  # mlp | gcn | gat | gin
+    c.model.keypoint_channels = 32  # per-joint width inside the backbone
+    c.model.keypoint_depth = 2  # backbone blocks per stream
+    c.model.keypoint_stream_width = 128  # each stream's per-frame embedding
     c.model.fusion = "concat"  # concat | cross_attention
     c.model.text_encoder = ""  # a Hugging Face BERT directory; "" = small text Transformer
     c.model.freeze_text_encoder = True
@@ -76,24 +79,38 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.seq = 1
     c.distributed = ml_collections.ConfigDict()
-    c.distributed.initialize = "auto"  # auto | yes | no
+    # auto: jax.distributed.initialize() when the environment names a multi-process job
+    # (SLURM, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID); yes: always
+    # (TPU VM slices); no: never. See hemo_jax.training.sharding.maybe_initialize_distributed.
+    c.distributed.initialize = "auto"
     return c
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks a config so it runs in seconds on a CPU."""
+    """Shrinks a config so it runs in seconds on a CPU (the time goes to compiling).
+
+    Dropout is off: on CPU its random masks make the step several times slower
+    to compile. Every step is logged; one checkpoint midway and one at the end.
+    """
     c.data.batch_size = 8
     c.data.eval_batch_size = 8
     c.data.max_frames = 32
     c.data.max_images = 8
     c.data.eval_windows = 1
-    c.model.width = 32
+    c.data.max_text_tokens = 32
+    c.model.width = 16
     c.model.depth = 1
     c.model.heads = 2
+    c.model.mlp_ratio = 2
+    c.model.dropout = 0.0
+    c.model.keypoint_channels = 8
+    c.model.keypoint_depth = 1
+    c.model.keypoint_stream_width = 16
+    c.optim.lr = 1e-3
     c.optim.warmup_steps = 2
     c.train.steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
+    c.train.log_every = 1
+    c.train.eval_every = 6
     c.train.checkpoint_every = 3
     c.train.progress = False
     return c

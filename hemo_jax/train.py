@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from hemo_jax.data import pipeline
@@ -32,7 +33,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and met
 
 
 def _install_sigterm() -> dict[str, bool]:
-    """SIGTERM asks the loop to checkpoint and stop at the next step boundary."""
+    """SIGTERM (a preempted VM, a scheduler's time limit) asks the loop to checkpoint
+    and stop at the next step boundary; rerunning the same command resumes."""
     flag = {"stop": False}
 
     def handler(signum: int, frame: Any) -> None:
@@ -43,54 +45,109 @@ def _install_sigterm() -> dict[str, bool]:
     return flag
 
 
-def _initial_state(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    state: trainer.TrainState,
-    store: checkpoint.CheckpointStore,
-    loader: pipeline.Loader,
-) -> tuple[trainer.TrainState, int, str]:
-    """Resume order: this workdir, then ``config.resume``, then ``init_from``, then scratch."""
+def _stop_requested(flag: dict[str, bool]) -> bool:
+    """Whether any process got SIGTERM; every process must stop at the same step, since
+    saving a checkpoint is collective."""
+    if jax.process_count() == 1:
+        return flag["stop"]
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag["stop"]))))
+
+
+def _resume_point(
+    config: ml_collections.ConfigDict, workdir: str, store: checkpoint.CheckpointStore
+) -> tuple[checkpoint.CheckpointStore, int, str] | None:
+    """The checkpoint to continue from: this workdir's latest, else ``config.resume``'s."""
     for source in (workdir, config.resume):
         if not source:
             continue
         src = store if source == workdir else checkpoint.CheckpointStore(source, best_metric=None)
         step = src.latest_step()
-        if step is None:
-            continue
-        tree, meta = src.restore(
-            step, trainer.abstract_checkpoint_tree(state), data_iterator=loader.iterator
+        if step is not None:
+            return src, step, source
+        if src is not store:
+            src.close()
+    if config.resume:
+        raise FileNotFoundError(f"config.resume={config.resume!r} holds no checkpoint")
+    return None
+
+
+def _stage1_branches(
+    config: ml_collections.ConfigDict, abstract_params: Any
+) -> dict[str, tuple[str, Any]]:
+    """Stage 2: ``{branch: (stage-1 workdir, its parameters)}``, checked against the model.
+
+    Checked before anything is compiled, so a wrong or missing workdir fails at once.
+    """
+    if config.stage != 2:
+        return {}
+    stray = [k for k, v in config.init_from.items() if v and k not in config.branches]
+    if stray:
+        raise ValueError(
+            f"config.init_from names {stray}, which are not in config.branches "
+            f"{tuple(config.branches)}"
         )
-        return trainer.restore_checkpoint_tree(state, tree), int(meta["step"]), source
+    loaded = {}
+    for name in config.branches:
+        source = config.init_from[name]
+        if not source:
+            raise ValueError(f"stage 2 needs config.init_from.{name} (a stage-1 workdir)")
+        stage1, step = checkpoint.load_params(source)
+        branches = stage1.get("branches", {})
+        if name not in branches:
+            raise checkpoint.CheckpointMismatch(
+                f"stage-1 checkpoint in {source!r} (step {step}) has no branch {name!r}; "
+                f"it has {sorted(branches)}. Point config.init_from.{name} at the workdir "
+                f"of a stage-1 run of configs/pretrain.py:{name}"
+            )
+        checkpoint.check_params(
+            abstract_params,
+            branches[name],
+            prefix=f"branches/{name}",
+            skip=tuple(config.init_skip),
+            origin=source,
+        )
+        loaded[name] = (source, branches[name])
+    return loaded
+
+
+def _initial_params(
+    config: ml_collections.ConfigDict,
+    state: trainer.TrainState,
+    stage1: dict[str, tuple[str, Any]],
+) -> Any | None:
+    """Pretrained parts (a BERT text encoder), then stage-1 branches; None if neither."""
     params = None
     for prefix, tree in factory.pretrained_params(config).items():
-        params = checkpoint.merge_params(params or state.params(), tree, prefix=prefix, skip=())
-    if config.stage == 2:
-        for name in config.branches:
-            source = config.init_from[name]
-            if not source:
-                raise ValueError(f"stage 2 needs config.init_from.{name} (a stage-1 workdir)")
-            stage1, _ = checkpoint.load_params(source)
-            if name not in stage1.get("branches", {}):
-                raise checkpoint.CheckpointMismatch(
-                    f"stage-1 checkpoint in {source!r} has no branch {name!r} "
-                    f"(it has {sorted(stage1.get('branches', {}))})"
-                )
-            params = checkpoint.merge_params(
-                params or state.params(),
-                stage1["branches"][name],
-                prefix=f"branches/{name}",
-                skip=tuple(config.init_skip),
-            )
-    if params is not None:
-        return trainer.restore_checkpoint_tree(state, {"params": params}), 0, "init_from"
-    return state, 0, "scratch"
+        params = checkpoint.merge_params(params or state.params(), tree, prefix=prefix)
+    for name, (source, tree) in stage1.items():
+        params = checkpoint.merge_params(
+            params or state.params(),
+            tree,
+            prefix=f"branches/{name}",
+            skip=tuple(config.init_skip),
+            origin=source,
+        )
+    return params
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs training to ``config.train.steps``; returns the last evaluation metrics."""
+    return run_training(config, workdir)[1]
+
+
+def run_training(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[trainer.TrainState, dict[str, float]]:
+    """Runs training; returns the final state (for notebooks and tests) and eval metrics.
+
+    Resume order: a checkpoint in ``workdir``, then ``config.resume``, then
+    ``config.init_from`` (stage-1 branches, stage 2), then scratch.
+    """
     init = config.distributed.initialize
+    if init not in ("auto", "yes", "no"):
+        raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
+    stop = _install_sigterm()
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.seq)
     log = MetricLogger(workdir, enabled=jax.process_index() == 0)
@@ -118,9 +175,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         b2=c.b2,
     )
     trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
-    state = trainer.create_train_state(
-        lambda: factory.build_model(config), tx, mesh, trainable=trainable
-    )
+
+    def model_fn() -> nnx.Module:
+        return factory.build_model(config)
+
+    state = trainer.abstract_train_state(model_fn, tx, mesh, trainable=trainable)
     model = state.model()
     log.text(
         f"parameters: {convert.param_count(model):,} "
@@ -134,7 +193,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         keep_last=config.train.keep_checkpoints,
         best_metric=config.train.best_metric,
     )
-    state, start_step, origin = _initial_state(config, workdir, state, store, train_loader)
+    resume = _resume_point(config, workdir, store)
+    stage1 = {} if resume else _stage1_branches(config, state.params())
+    state = trainer.initialize(state, model_fn, tx, mesh)
+    if resume:
+        src, start_step, origin = resume
+        tree, meta = src.restore(
+            start_step, trainer.abstract_checkpoint_tree(state), data_iterator=train_loader.iterator
+        )
+        if src is not store:
+            src.close()
+        state = trainer.restore_checkpoint_tree(state, tree)
+        start_step = int(meta["step"])
+    else:
+        start_step, origin = 0, "init_from" if stage1 else "scratch"
+        params = _initial_params(config, state, stage1)
+        if params is not None:
+            state = trainer.restore_checkpoint_tree(state, {"params": params})
     log.text(f"starting at step {start_step} from {origin}")
 
     first = next(train_loader)
@@ -147,7 +222,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn)
     config_json = json.loads(config.to_json_best_effort())
 
-    stop = _install_sigterm()
     rng = jax.random.key(config.seed)
     sums: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -162,25 +236,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for k in ("loss_sum", "weight_sum", "correct", "count"):
             sums[k] = sums.get(k, 0.0) + float(out[k])
         progress.update(1)
-        if step % config.train.log_every == 0 or step == config.train.steps:
+        stopping = _stop_requested(stop)
+        if step % config.train.log_every == 0 or step == config.train.steps or stopping:
             row = {"step": step, **metrics.finalize_sums(sums)}
             row["grad_norm"] = float(out["grad_norm"])
             row["steps_per_s"] = (step - start_step) / max(time.time() - t0, 1e-9)
             log.write("train", row)
             sums = {}
         is_last = step == config.train.steps
-        if step % config.train.eval_every == 0 or is_last:
+        evaluated = step % config.train.eval_every == 0 or is_last
+        if evaluated:
             last_eval = evaluator.metrics(state)
             log.write("eval", {"step": step, **last_eval})
-        if step % config.train.checkpoint_every == 0 or is_last or stop["stop"]:
+        if step % config.train.checkpoint_every == 0 or is_last or stopping:
             store.save(
                 step,
                 trainer.checkpoint_tree(state),
                 data_iterator=train_loader.iterator,
                 config=config_json,
-                metrics=last_eval if step % config.train.eval_every == 0 or is_last else None,
+                metrics=last_eval if evaluated else None,
             )
-        if stop["stop"]:
+        if stopping:
             log.text(f"stopped by SIGTERM after step {step}; resume with the same command")
             break
         if not is_last:
@@ -189,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     store.close()
     train_loader.close()
     log.close()
-    return last_eval
+    return state, last_eval
 
 
 def main(argv: list[str]) -> None:

@@ -3,6 +3,8 @@
 Commands:
   synth     write a synthetic corpus in the iMiGUE layout (see preprocess.synth)
   manifest  read a corpus (iMiGUE layout) and print its per-split counts
+  run       a corpus → raw shards: crops, keypoints, pseudo labels (see preprocess.run)
+  label     pseudo labels for video files from a VLM (see preprocess.gemini)
 
 Each command is one ``_add_<name>`` function that registers its arguments and
 sets ``run`` to the function that carries it out; heavy modules are imported
@@ -68,15 +70,11 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_manifest(commands: argparse._SubParsersAction) -> None:
+def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the corpus keeps its parts, and the split policy (manifest and run)."""
     from preprocess.imigue import SPLIT_POLICIES, CorpusLayout, SplitSpec
 
     layout, split = CorpusLayout(Path(".")), SplitSpec()
-    p = commands.add_parser(
-        "manifest",
-        help="read a corpus and print counts per split",
-        description="Reads a corpus in the iMiGUE layout; paths are relative to --root.",
-    )
     p.add_argument("--root", type=Path, required=True, help="corpus folder")
     p.add_argument("--labels", type=Path, default=layout.labels_csv)
     p.add_argument("--skeletons", type=Path, default=layout.skeleton_dir)
@@ -88,16 +86,23 @@ def _add_manifest(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="split lists (default: <root>/Label/protocol.json, else the official ones)",
     )
-    p.add_argument("--split-policy", choices=SPLIT_POLICIES, default=split.policy)
+    # --split-policy: the name the manifest command had first, kept for existing scripts.
+    p.add_argument(
+        "--split",
+        "--split-policy",
+        choices=SPLIT_POLICIES,
+        default=split.policy,
+        dest="split_policy",
+        help="how videos are assigned to train/test/unlabeled (see preprocess.imigue)",
+    )
     p.add_argument("--k", type=int, default=split.k, help="kfold: number of folds")
     p.add_argument("--fold", type=int, default=split.fold, help="kfold: the test fold")
     p.add_argument("--seed", type=int, default=split.seed, help="kfold: shuffling seed")
-    p.add_argument("--json", action="store_true", help="print the manifest rows as JSON")
-    p.set_defaults(run=_run_manifest)
 
 
-def _run_manifest(args: argparse.Namespace) -> int:
-    from preprocess.imigue import CorpusLayout, SplitSpec, build_manifest, summarise
+def _corpus_from_args(args: argparse.Namespace):
+    """(CorpusLayout, SplitSpec) from ``_add_corpus_arguments`` options."""
+    from preprocess.imigue import CorpusLayout, SplitSpec
 
     layout = CorpusLayout(
         root=args.root,
@@ -108,6 +113,24 @@ def _run_manifest(args: argparse.Namespace) -> int:
         protocol=args.protocol,
     )
     spec = SplitSpec(policy=args.split_policy, k=args.k, fold=args.fold, seed=args.seed)
+    return layout, spec
+
+
+def _add_manifest(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "manifest",
+        help="read a corpus and print counts per split",
+        description="Reads a corpus in the iMiGUE layout; paths are relative to --root.",
+    )
+    _add_corpus_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the manifest rows as JSON")
+    p.set_defaults(run=_run_manifest)
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    from preprocess.imigue import build_manifest, summarise
+
+    layout, spec = _corpus_from_args(args)
     rows = build_manifest(layout, spec)
     if args.json:
         print(
@@ -131,6 +154,157 @@ def _run_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    from preprocess.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
+    from preprocess.gemini import DEFAULT_MODEL, LabelerConfig
+    from preprocess.run import CORPORA, DEFAULT_DETECTOR, LABEL_CACHE_SUBDIR, LABELERS
+    from preprocess.video import DEFAULT_IMAGE_FPS
+
+    label = LabelerConfig(cache_dir=Path("."))
+    p = commands.add_parser(
+        "run",
+        help="a corpus → raw shards: crops, keypoints, pseudo labels, transcripts",
+        description="Builds one VideoRecord per video of a corpus in the iMiGUE layout "
+        "(person crops, OpenPose keypoints, a VLM pseudo label, the transcript) into the raw "
+        "shard set --out. A rerun skips the videos already stored and retries the failed ones; "
+        "the status and the summary are in --out/preprocess_status.json. Exits 1 when a video "
+        "failed.",
+    )
+    p.add_argument("--corpus", choices=CORPORA, required=True, help="also the records' source")
+    _add_corpus_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="raw shard set folder")
+    p.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default=None,
+        help="person boxes for the crops (default: "
+        + ", ".join(f"{k} for {c}" for c, k in DEFAULT_DETECTOR.items())
+        + ")",
+    )
+    p.add_argument("--yolo-weights", default=DEFAULT_YOLO_WEIGHTS, help="local YOLO weights file")
+    p.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best)")
+    p.add_argument(
+        "--image-fps",
+        default=str(DEFAULT_IMAGE_FPS),
+        help="crops per second of video, or 'dense' for every frame",
+    )
+    p.add_argument("--labeler", choices=LABELERS, default="gemini")
+    p.add_argument(
+        "--base-url", help="send label requests to this endpoint instead of the Gemini API"
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the labeler's model")
+    p.add_argument(
+        "--label-cache",
+        type=Path,
+        default=None,
+        help=f"the labeler's answer cache (default: OUT/{LABEL_CACHE_SUBDIR})",
+    )
+    p.add_argument("--concurrency", type=int, default=label.concurrency, help="label requests")
+    p.add_argument("--timeout", type=float, default=label.timeout_s, help="seconds per request")
+    p.add_argument("--max-attempts", type=int, default=label.max_attempts)
+    p.add_argument(
+        "--keep-unlabelled",
+        action="store_true",
+        help="write a video whose label failed with pseudo_label -1 instead of failing it",
+    )
+    p.add_argument(
+        "--openpose-bin",
+        type=Path,
+        default=None,
+        help="OpenPose binary, run for videos without an OpenPose JSON folder",
+    )
+    p.add_argument("--openpose-models", type=Path, default=None, help="OpenPose models folder")
+    p.add_argument(
+        "--skeleton-errors",
+        choices=("raise", "skip"),
+        default="raise",
+        help="a malformed skeleton file fails its video (raise) or becomes a zero row (skip)",
+    )
+    p.add_argument("--records-per-shard", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    p.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from preprocess.detect import CropParams
+    from preprocess.gemini import LabelerConfig, MissingAPIKeyError
+    from preprocess.run import (
+        LABEL_CACHE_SUBDIR,
+        RunConfig,
+        RunError,
+        format_summary,
+        parse_image_fps,
+        run_corpus,
+    )
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    layout, spec = _corpus_from_args(args)
+    try:
+        config = RunConfig(
+            corpus=args.corpus,
+            root=args.root,
+            out=args.out,
+            detector=args.detector,
+            labeler=args.labeler,
+            split=spec,
+            layout=layout,
+            crop=CropParams(image_fps=parse_image_fps(args.image_fps)),
+            yolo_weights=args.yolo_weights,
+            device=args.device,
+            labeler_config=LabelerConfig(
+                cache_dir=args.label_cache or args.out / LABEL_CACHE_SUBDIR,
+                model=args.model,
+                base_url=args.base_url,
+                concurrency=args.concurrency,
+                timeout_s=args.timeout,
+                max_attempts=args.max_attempts,
+            ),
+            keep_unlabelled=args.keep_unlabelled,
+            openpose_binary=args.openpose_bin,
+            openpose_models=args.openpose_models,
+            skeleton_errors=args.skeleton_errors,
+            records_per_shard=args.records_per_shard,
+            progress=not args.no_progress,
+        )
+        summary = run_corpus(config)
+    except (RunError, MissingAPIKeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume ({args.out})", file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    return 1 if summary.failed else 0
+
+
+def _add_label(commands: argparse._SubParsersAction) -> None:
+    from preprocess import gemini
+
+    p = commands.add_parser(
+        "label",
+        help="VLM pseudo labels (win/lose) for video files",
+        description="Chain-of-Thought then Reflection pseudo labels from Gemini (or any "
+        "endpoint speaking its API, --base-url), cached and resumable.",
+    )
+    gemini.add_arguments(p)
+    p.set_defaults(run=_run_label)
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    import logging
+
+    from preprocess import gemini
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return gemini.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m preprocess", description=__doc__.split("\n")[0]
@@ -138,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(commands)
     _add_manifest(commands)
+    _add_run(commands)
+    _add_label(commands)
     return parser
 
 

@@ -1,6 +1,13 @@
-"""Small shard sets with a learnable signal, for training tests."""
+"""Small shard sets with a learnable signal, and how training tests launch runs on them."""
 
 from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -41,12 +48,95 @@ def record(i: int, label: int, *, split: str, frames: int = 48, dim: int = 8, **
 
 
 def write_learnable_shards(path, *, train: int = 16, test: int = 8, unlabeled: int = 8) -> str:
+    """Train/test/unlabeled records; image features have width ``FEATURE_DIM``."""
     recs = [record(i, i % 2, split="train") for i in range(train)]
-    recs += [record(100 + i, i % 2, split="test", pseudo_label=i % 2, pseudo_confidence=0.8)
-             for i in range(test)]
+    recs += [
+        record(100 + i, i % 2, split="test", pseudo_label=i % 2, pseudo_confidence=0.8)
+        for i in range(test)
+    ]
     recs += [
         record(200 + i, i % 2, split="unlabeled", pseudo_label=i % 2, pseudo_confidence=0.9)
         for i in range(unlabeled)
     ]
     write_records(recs, path, records_per_shard=8)
     return str(path)
+
+
+FEATURE_DIM = 8  # image-feature width of record(); configs override model.image_feature_dim
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_env(cache_dir: str | os.PathLike, *, devices: int = 8, **extra: str) -> dict[str, str]:
+    """Environment for a training subprocess: CPU with ``devices`` host devices, offline.
+
+    Compiling is most of a smoke run on a CPU, so runs share a persistent
+    compilation cache (runs of one config compile once) and XLA skips LLVM's
+    optimisation passes (half the compile time; tiny models run as fast).
+    """
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=(
+            f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+        ),
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+class Run:
+    """A training subprocess; stdout and stderr go to ``<workdir>.log`` (a pipe nobody
+    reads while another run is awaited could fill and block the process)."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        workdir: str | os.PathLike,
+        env: dict[str, str],
+        *,
+        log_path: str | os.PathLike | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.log_path = Path(log_path or self.workdir.with_name(self.workdir.name + ".log"))
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        """Waits for the run; its exit status and output."""
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.log_path.read_text()
+
+    def train_rows(self) -> list[dict]:
+        return train_rows(self.workdir)
+
+
+def train_rows(workdir: str | os.PathLike) -> list[dict]:
+    """The ``train`` rows of a workdir's metrics.jsonl, in order."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    # Complete lines only: a run may be writing the last one.
+    rows = [json.loads(line) for line in path.read_text().split("\n")[:-1] if line]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def launch_train(
+    config: str, workdir: str | os.PathLike, *overrides: str, env: dict[str, str]
+) -> Run:
+    """Starts ``python -m hemo_jax.train --config configs/<config> --workdir W [overrides]``."""
+    cmd = [sys.executable, "-m", "hemo_jax.train", f"--config=configs/{config}"]
+    return Run([*cmd, f"--workdir={workdir}", *overrides], workdir, env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

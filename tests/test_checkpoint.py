@@ -1,7 +1,9 @@
 """Checkpoint store: save/restore round trip, retention, strict branch loading."""
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from hemo_jax.training import checkpoint
 
@@ -59,3 +61,32 @@ def test_merge_params_is_strict_and_reports_every_problem():
 def test_load_params_names_a_workdir_without_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         checkpoint.load_params(str(tmp_path / "nothing"))
+
+
+def test_load_params_reads_a_checkpoint_of_sharded_arrays_as_numpy(tmp_path):
+    # Written from a 4-device mesh, parameters split over it: read back whole, on
+    # the host, whatever mesh or number of processes the reader has.
+    mesh = jax.make_mesh((4,), ("fsdp",), devices=jax.devices()[:4])
+    value = np.arange(32, dtype=np.float32).reshape(8, 4)
+    kernel = jax.device_put(value, NamedSharding(mesh, PartitionSpec("fsdp")))
+    store = checkpoint.CheckpointStore(str(tmp_path), best_metric=None)
+    store.save(5, {"params": {"w": kernel}, "opt": {}}, data_iterator=None, config={})
+    # Host arrays, not arrays rebuilt on the saved devices (which a reader with
+    # fewer devices does not have).
+    assert type(store.restore_item(5, "state")["params"]["w"]) is np.ndarray
+    store.close()
+    params, step = checkpoint.load_params(str(tmp_path))
+    assert step == 5
+    assert type(params["w"]) is np.ndarray
+    np.testing.assert_array_equal(params["w"], value)
+
+
+def test_check_params_needs_only_shapes_and_names_the_origin():
+    target = {"branches": {"image": {"w": jax.ShapeDtypeStruct((2, 3), np.float32)}}}
+    checkpoint.check_params(target, {"w": np.ones((2, 3))}, prefix="branches/image")
+    with pytest.raises(checkpoint.CheckpointMismatch) as e:
+        checkpoint.check_params(
+            target, {"w": np.ones((3, 3))}, prefix="branches/image", origin="/runs/image"
+        )
+    assert "cannot load branch 'branches/image' from '/runs/image'" in str(e.value)
+    assert "shape of branches/image/w: checkpoint (3, 3), model (2, 3)" in str(e.value)

@@ -38,8 +38,14 @@ def as_array(p: dict) -> np.ndarray:
     return parse_openpose_frame({"people": [p]})[0]
 
 
-def write(directory, frame: int, people: list[dict] | None = None, *, text: str | None = None,
-          name: str | None = None) -> str:
+def write(
+    directory,
+    frame: int,
+    people: list[dict] | None = None,
+    *,
+    text: str | None = None,
+    name: str | None = None,
+) -> str:
     name = name or f"vid_{frame:012d}_keypoints.json"
     if text is None:
         text = json.dumps({"version": 1.3, "people": people or []}, separators=(",", ":"))
@@ -131,6 +137,7 @@ MALFORMED = {
     "string_in_numbers": (frame_with("face_keypoints_2d", "x"), "non-numeric value 'x'"),
     "boolean_in_numbers": (frame_with("hand_left_keypoints_2d", True), "non-numeric value True"),
     "no_people": ('{"version": 1.3}', "no 'people' list"),
+    "people_not_objects": ('{"people": [4]}', "people[0] is a int, not an object"),
     "leading_zero": (GOOD.replace('_2d": [', '_2d": [01, ', 1), "bad JSON"),
     "empty_file": ("", "bad JSON"),
     "null_section": (
@@ -168,6 +175,23 @@ def test_skip_policy_leaves_zero_rows_and_counts(tmp_path):
         read_openpose_dir(tmp_path, on_error="ignore")
 
 
+def test_unreadable_file_is_named_and_can_be_skipped(tmp_path):
+    write(tmp_path, 0, [person(1, 1, 1)])
+    (tmp_path / "vid_000000000001_keypoints.json").mkdir()  # listed, but reading fails
+    with pytest.raises(OpenPoseError, match="vid_000000000001_keypoints.json: cannot read"):
+        read_openpose_dir(tmp_path)
+    seq = read_openpose_dir(tmp_path, on_error="skip")
+    assert seq.summary.skipped_files == ("vid_000000000001_keypoints.json",)
+
+
+def test_a_crowded_frame_beyond_one_read_is_read_whole(tmp_path):
+    crowd = [person(100 + 20 * k, 300, 50) for k in range(60)]  # ~200 kB of JSON
+    write(tmp_path, 0, crowd)
+    seq = read_openpose_dir(tmp_path)
+    assert (tmp_path / "vid_000000000000_keypoints.json").stat().st_size > 1 << 16
+    assert seq.summary.multi_person_frames == 1 and seq.keypoints[0].any()
+
+
 def test_directory_errors(tmp_path):
     with pytest.raises(OpenPoseError, match="no \\*_keypoints.json files"):
         read_openpose_dir(tmp_path)
@@ -199,7 +223,8 @@ def messy_documents() -> list[bytes]:
     texts.append(b'{"people":[{"pose_keypoints_2d":[' + body.encode() + b"]}]}")
     spaced = json.dumps({"people": [p]}, indent=2).encode()  # a newline before every number
     handmade = (
-        b'{ "people" : [ { "pose_keypoints_2d" : [ ' + b" , ".join([b"-1.5e1", b"2"] * 37 + [b"0"])
+        b'{ "people" : [ { "pose_keypoints_2d" : [ '
+        + b" , ".join([b"-1.5e1", b"2"] * 37 + [b"0"])
         + b' ] ,\n"face_keypoints_2d":[ ]\t} ] , "version" : 1.3 }\r\n'
     )
     return texts + [spaced, handmade]
@@ -207,11 +232,11 @@ def messy_documents() -> list[bytes]:
 
 def test_fast_path_is_bit_identical_to_json_on_messy_input():
     docs = messy_documents()
-    for doc, fast in zip(docs, _parse_batch(docs)):
+    for doc, fast in zip(docs, _parse_batch(docs), strict=True):
         assert fast is not None, doc[:80]  # the fast path must take these, not fall back
         strict = parse_openpose_frame(doc)
         assert len(fast) == len(strict)
-        assert all(same_bits(a, b) for a, b in zip(fast, strict)), doc[:80]
+        assert all(same_bits(a, b) for a, b in zip(fast, strict, strict=True)), doc[:80]
 
 
 def test_fast_path_is_bit_identical_on_random_numbers():
@@ -225,8 +250,34 @@ def test_fast_path_is_bit_identical_on_random_numbers():
         text = ",".join(spelled)
         docs.append(b'{"people":[{"pose_keypoints_2d":[' + text.encode() + b"]}]}")
     fast = _parse_batch(docs)
-    for doc, got in zip(docs, fast):
+    for doc, got in zip(docs, fast, strict=True):
         assert got is not None and same_bits(got[0], parse_openpose_frame(doc)[0]), doc[:120]
+
+
+VALID = ["0", "-0", "-0.0", "-12.25", "1e5", "-2.5E+2", "12345678.12345678", "1e-400", " 7 "]
+INVALID = ["01", "1.", ".5", "+1", "1.2.3", "1-", "0x1", "NaN", "true", '"7"', "", "1 2", "3.5e38"]
+TOKENS = [*VALID, "9007199254740993", "\n8", *INVALID]
+
+
+def test_fast_path_takes_a_file_only_when_the_strict_parser_agrees_bit_for_bit():
+    rng = np.random.default_rng(1)
+    docs = []
+    for _ in range(300):
+        values = [f"{v:.{rng.integers(0, 9)}f}" for v in rng.uniform(-2000, 2000, 75)]
+        values[rng.integers(75)] = TOKENS[rng.integers(len(TOKENS))]
+        if rng.random() < 0.1:
+            values.pop()
+        docs.append(('{"people":[{"pose_keypoints_2d":[' + ",".join(values) + "]}]}").encode())
+    taken = 0
+    for doc, fast in zip(docs, _parse_batch(docs), strict=True):
+        try:
+            strict = parse_openpose_frame(doc)
+        except OpenPoseError:
+            assert fast is None, doc
+            continue
+        taken += fast is not None
+        assert fast is not None and same_bits(fast[0], strict[0]), doc
+    assert taken > 100  # both outcomes occur
 
 
 INVALID_NUMBERS = ["01", "1.", ".5", "+1", "1.2.3", "--1", "1e", "0x10", "1 2", "-", "1,", "1-2"]
@@ -234,7 +285,7 @@ INVALID_NUMBERS = ["01", "1.", ".5", "+1", "1.2.3", "--1", "1e", "0x10", "1 2", 
 
 @pytest.mark.parametrize("number", INVALID_NUMBERS)
 def test_fast_path_leaves_invalid_json_to_the_strict_parser(tmp_path, number):
-    doc = ('{"people":[{"pose_keypoints_2d":[' + number + "," + ",".join(["0"] * 74) + "]}]}")
+    doc = '{"people":[{"pose_keypoints_2d":[' + number + "," + ",".join(["0"] * 74) + "]}]}"
     good = json.dumps({"people": [person(1, 1, 1)]}).encode()
     assert _parse_batch([good, doc.encode(), good])[1] is None
     with pytest.raises(OpenPoseError, match="bad JSON"):
@@ -244,7 +295,7 @@ def test_fast_path_leaves_invalid_json_to_the_strict_parser(tmp_path, number):
 def test_fast_path_leaves_non_finite_values_to_the_strict_parser():
     doc = b'{"people":[{"pose_keypoints_2d":[NaN' + b",0" * 74 + b"]}]}"
     assert _parse_batch([doc]) == [None]
-    with pytest.raises(OpenPoseError, match="not finite"):
+    with pytest.raises(OpenPoseError, match="no finite float32"):
         parse_openpose_frame(doc, source="x.json")
 
 

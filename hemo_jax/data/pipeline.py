@@ -293,7 +293,10 @@ def make_dataset(
         ds = ds.repeat(config.num_epochs)
         if config.num_epochs is not None:  # equal whole batches on every process
             ds = ds[: len(ds) // config.batch_size * config.batch_size]
-        ds = ds[p::n].random_map(_TrainMap(make), seed=config.seed)
+        # random_map before the slice: an element's window is drawn from its global
+        # position, so every process count yields the same global batches (lazy:
+        # each process still reads only its own slice).
+        ds = ds.random_map(_TrainMap(make), seed=config.seed)[p::n]
     else:
         rows = [shards.infos[i].num_frames for i in sel.indices]
         stride = config.frame_stride

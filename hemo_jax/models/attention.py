@@ -32,28 +32,39 @@ from jax.sharding import PartitionSpec as P
 
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "blockwise", "ring")
 
-# Below this many query-key pairs per batch element the [Tq, Tk] logits are small
-# enough that XLA's single fused softmax beats the block loop on CPU (measured
-# with benchmarks/attention.py); above it blockwise is faster and far smaller.
-_BLOCKWISE_MIN_PAIRS = 2048 * 2048
+# On CPU blockwise beats XLA's materialised softmax from about 512 x 512 query-key
+# pairs up (2-5x at 1k-2k, fwd and fwd+bwd, measured); below, XLA's single fusion wins.
+_CPU_BLOCKWISE_MIN_PAIRS = 512 * 512
+# On accelerators XLA's softmax is fast while its logits fit; blockwise once they
+# would take more than this many bytes.
+_ACCELERATOR_BLOCKWISE_MIN_LOGIT_BYTES = 2**30
+# Logits per blockwise step on CPU: one head's 1024 x 1024 float32 tile (4 MiB)
+# measured fastest against batched-head tiles and smaller or larger blocks.
+_CPU_TILE = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BlockSizes:
     """Tiling of the blockwise kernels.
 
-    ``block_q`` queries are processed together against ``block_k`` keys at a
-    time; the live logits tile is ``[B, H, block_q, block_k]`` float32. Both are
-    clipped to the (8-rounded) sequence length, and sequences are padded to a
-    multiple of the block internally.
+    One step takes ``block_q`` queries against ``block_k`` keys for ``block_rows``
+    (batch, head) rows at once: a float32 logits tile of ``block_rows * block_q *
+    block_k``. Blocks are clipped to the (8-rounded) sequence length, which is
+    padded to a multiple of the block internally. ``block_rows=None`` picks, on
+    CPU, as many rows as keep the tile near ``_CPU_TILE`` elements (a few MiB that
+    stay in cache) and, on accelerators, all rows (one wide step is cheaper than
+    many small ones there). Rows are rounded down to a divisor of batch * heads.
     """
 
-    block_q: int = 2048
+    block_q: int = 1024
     block_k: int = 1024
+    block_rows: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("block_q", "block_k"):
+        for name in ("block_q", "block_k", "block_rows"):
             value = getattr(self, name)
+            if value is None and name == "block_rows":
+                continue
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"BlockSizes.{name} must be a positive int, got {value!r}")
 
@@ -107,6 +118,19 @@ def xla_attention(
     return _zero_dead_rows(out, key_mask)
 
 
+def compact_keys(
+    k: jax.Array, v: jax.Array, key_mask: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Move each row's real keys (and their values) to the front, keeping their order;
+    returns (k, v, lengths). Attention does not depend on key order, so any key mask
+    becomes a lengths mask, which is the padding form cuDNN takes (a [B, Tk] mask
+    would have to be widened to a [B, 1, Tq, Tk] bias)."""
+    order = jnp.argsort(~key_mask, axis=1, stable=True)[:, :, None, None]
+    k = jnp.take_along_axis(k, order, axis=1)
+    v = jnp.take_along_axis(v, order, axis=1)
+    return k, v, jnp.sum(key_mask, axis=1, dtype=jnp.int32)
+
+
 def cudnn_attention(
     q: jax.Array,
     k: jax.Array,
@@ -116,7 +140,7 @@ def cudnn_attention(
     key_mask: jax.Array | None,
     scale: float,
 ) -> jax.Array:
-    """cuDNN's fused flash attention; padding by lengths when given, else by mask."""
+    """cuDNN's fused flash attention; padding passed as per-row key lengths."""
     if jax.default_backend() != "gpu":
         raise ValueError(
             f"attention implementation 'cudnn' needs a GPU; the default backend is "
@@ -126,76 +150,80 @@ def cudnn_attention(
         raise ValueError(
             f"attention implementation 'cudnn' needs bf16 or fp16 inputs, got {q.dtype}"
         )
-    if kv_lengths is not None:
-        out = jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            scale=scale,
-            key_value_seq_lengths=jnp.asarray(kv_lengths, jnp.int32),
-            implementation="cudnn",
-        )
-    else:
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+    lengths = None
+    if key_mask is not None:
+        if kv_lengths is None:
+            k, v, lengths = compact_keys(k, v, key_mask)
+        else:
+            lengths = jnp.clip(jnp.asarray(kv_lengths, jnp.int32), 0, k.shape[1])
+        # A row without keys would make cuDNN divide by zero: give it one (zeroed) key,
+        # and zero its inputs so neither the output nor any gradient sees it.
+        alive = (lengths > 0)[:, None, None, None]
+        q, k, v = (jnp.where(alive, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
+        lengths = jnp.maximum(lengths, 1)
+    out = jax.nn.dot_product_attention(
+        q, k, v, scale=scale, key_value_seq_lengths=lengths, implementation="cudnn"
+    )
     return _zero_dead_rows(out, key_mask)
 
 
 # --------------------------------------------------------------------------------------
-# Blockwise kernels. Internal layout: queries [nq, B, H, bq, D] (already scaled),
-# keys/values [nk, B, H, bk, D], key bias [nk, B, bk] (0 or -inf) or None. The
-# softmax state per query is (m: running max, l: running sum, acc: unnormalised
-# output), all float32.
+# Blockwise kernels. The batch and head axes are flattened into rows and cut into G
+# groups of g rows; one tile is g rows x block_q queries x block_k keys. Internal
+# layout: queries [G, nq, g, bq, D] (already scaled), keys/values [G, nk, g, bk, D],
+# key bias [G, nk, g, bk] (0 or -inf) or None. The softmax state per query is
+# (m: running max, row_sum: running sum of exp, acc: unnormalised output), float32.
 
 
 def _dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
-def _logits(qb: jax.Array, kb: jax.Array, bias_b: jax.Array | None) -> jax.Array:
-    s = _dot(qb, kb, "bhqd,bhkd->bhqk")
-    if bias_b is not None:
-        s = s + bias_b[:, None, None, :]
-    return s
-
-
 def _init_state(q_blocks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     # Derived from q so the state carries q's sharding/varying-axes type under shard_map.
     acc = jnp.zeros_like(q_blocks, dtype=jnp.float32)
-    l = acc[..., 0]
-    return l - jnp.inf, l, acc
+    row_sum = acc[..., 0]
+    return row_sum - jnp.inf, row_sum, acc
 
 
 def _forward_update(q_blocks, k_blocks, v_blocks, bias_blocks, state):
     """Fold every key block into the softmax state of every query block."""
 
-    def one_query_block(args):
-        qb, state_b = args
+    def one_group(args):
+        qg, kg, vg, bias_g, state_g = args
 
-        def step(carry, kv):
-            m, l, acc = carry
-            kb, vb, bias_b = kv
-            s = _logits(qb, kb, bias_b)
-            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            # A row with no real key so far keeps m = -inf; shift by 0 so exp gives 0, not NaN.
-            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-            p = jnp.exp(s - m_safe[..., None])
-            alpha = jnp.exp(m - m_safe)
-            l = alpha * l + jnp.sum(p, axis=-1)
-            acc = alpha[..., None] * acc + _dot(p.astype(vb.dtype), vb, "bhqk,bhkd->bhqd")
-            return (m_new, l, acc), None
+        def one_query_block(args):
+            qb, state_b = args
 
-        state_b, _ = jax.lax.scan(step, state_b, (k_blocks, v_blocks, bias_blocks))
-        return state_b
+            def step(carry, kv):
+                m, row_sum, acc = carry
+                kb, vb, bias_b = kv
+                s = _dot(qb, kb, "gqd,gkd->gqk")
+                if bias_b is not None:
+                    s = s + bias_b[:, None, :]
+                m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+                # A row with no real key so far keeps m = -inf: shift by 0 so exp gives 0.
+                m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+                p = jnp.exp(s - m_safe[..., None])
+                alpha = jnp.exp(m - m_safe)
+                row_sum = alpha * row_sum + jnp.sum(p, axis=-1)
+                acc = alpha[..., None] * acc + _dot(p.astype(vb.dtype), vb, "gqk,gkd->gqd")
+                return (m_new, row_sum, acc), None
 
-    return jax.lax.map(one_query_block, (q_blocks, state))
+            return jax.lax.scan(step, state_b, (kg, vg, bias_g))[0]
+
+        return jax.lax.map(one_query_block, (qg, state_g))
+
+    return jax.lax.map(one_group, (q_blocks, k_blocks, v_blocks, bias_blocks, state))
 
 
 def _finalize(state, dtype):
-    m, l, acc = state
-    out = acc / jnp.where(l == 0, 1.0, l)[..., None]
+    m, row_sum, acc = state
+    dead = row_sum == 0
+    safe_sum = jnp.where(dead, 1.0, row_sum)
+    out = acc / safe_sum[..., None]
     # Dead rows get lse = +inf so the backward's exp(s - lse) is exactly 0 there.
-    lse = jnp.where(l == 0, jnp.inf, m + jnp.log(jnp.where(l == 0, 1.0, l)))
+    lse = jnp.where(dead, jnp.inf, m + jnp.log(safe_sum))
     return out.astype(dtype), lse
 
 
@@ -204,36 +232,42 @@ def _backward_update(q_blocks, k_blocks, v_blocks, bias_blocks, do_blocks, lse, 
 
     Outer loop over key blocks, inner over query blocks: dk/dv of a key block are
     finished in one outer step (no scatter-add); dq accumulates in a carry. The
-    tile is kept transposed ([keys, queries]) and dq as [.., D, queries] so every
-    product is a plain (non-transposed-operand) matmul, which is about twice as
-    fast as a transposed one on CPU.
+    tile is kept transposed ([keys, queries]) and dq as [..., D, queries], so every
+    product is a plain matmul without a transposed operand; those run at about half
+    the speed on CPU.
     """
+    # k^T as its own loop input: XLA cannot fold the transpose back into the product.
+    k_t_blocks = jnp.swapaxes(k_blocks, -1, -2)
 
-    def one_key_block(dq_t, kv):
-        kb, vb, bias_b = kv
+    def one_group(args):
+        qg, kg, k_tg, vg, bias_g, dog, lse_g, delta_g, dq_tg = args
 
-        def step(carry, qs):
-            dk, dv = carry
-            qb, dob, lse_b, delta_b, dq_tb = qs
-            s_t = _dot(kb, qb, "bhkd,bhqd->bhkq")
-            if bias_b is not None:
-                s_t = s_t + bias_b[:, None, :, None]
-            p_t = jnp.exp(s_t - lse_b[:, :, None, :])
-            dv = dv + _dot(p_t.astype(dob.dtype), dob, "bhkq,bhqd->bhkd")
-            dp_t = _dot(vb, dob, "bhkd,bhqd->bhkq")
-            ds_t = (p_t * (dp_t - delta_b[:, :, None, :])).astype(qb.dtype)
-            dk = dk + _dot(ds_t, qb, "bhkq,bhqd->bhkd")
-            dq_tb = dq_tb + _dot(kb, ds_t, "bhkd,bhkq->bhdq")
-            return (dk, dv), dq_tb
+        def one_key_block(dq_tg, kv):
+            kb, k_tb, vb, bias_b = kv
 
-        zeros = jnp.zeros_like(kb, dtype=jnp.float32)
-        (dk, dv), dq_t = jax.lax.scan(
-            step, (zeros, zeros), (q_blocks, do_blocks, lse, delta, dq_t)
-        )
-        return dq_t, (dk, dv)
+            def step(carry, qs):
+                dk, dv = carry
+                qb, dob, lse_b, delta_b, dq_tb = qs
+                s_t = _dot(kb, qb, "gkd,gqd->gkq")
+                if bias_b is not None:
+                    s_t = s_t + bias_b[:, :, None]
+                p_t = jnp.exp(s_t - lse_b[:, None, :])
+                dv = dv + _dot(p_t.astype(dob.dtype), dob, "gkq,gqd->gkd")
+                dp_t = _dot(vb, dob, "gkd,gqd->gkq")
+                ds_t = (p_t * (dp_t - delta_b[:, None, :])).astype(qb.dtype)
+                dk = dk + _dot(ds_t, qb, "gkq,gqd->gkd")
+                dq_tb = dq_tb + _dot(k_tb, ds_t, "gdk,gkq->gdq")
+                return (dk, dv), dq_tb
 
-    dq_t, (dk, dv) = jax.lax.scan(one_key_block, dq_t, (k_blocks, v_blocks, bias_blocks))
-    return dq_t, dk, dv
+            zeros = jnp.zeros_like(kb, dtype=jnp.float32)
+            (dk, dv), dq_tg = jax.lax.scan(step, (zeros, zeros), (qg, dog, lse_g, delta_g, dq_tg))
+            return dq_tg, (dk, dv)
+
+        dq_tg, (dk, dv) = jax.lax.scan(one_key_block, dq_tg, (kg, k_tg, vg, bias_g))
+        return dq_tg, dk, dv
+
+    args = (q_blocks, k_blocks, k_t_blocks, v_blocks, bias_blocks, do_blocks, lse, delta, dq_t)
+    return jax.lax.map(one_group, args)
 
 
 def _zero_dq_t(q_blocks: jax.Array) -> jax.Array:
@@ -242,6 +276,10 @@ def _zero_dq_t(q_blocks: jax.Array) -> jax.Array:
 
 def _delta(out: jax.Array, do: jax.Array) -> jax.Array:
     return jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+
+
+def _zero_bias_grad(bias_blocks):
+    return None if bias_blocks is None else jnp.zeros_like(bias_blocks)
 
 
 @jax.custom_vjp
@@ -257,41 +295,56 @@ def _blockwise_fwd(q_blocks, k_blocks, v_blocks, bias_blocks):
 
 def _blockwise_bwd(residuals, d_out):
     q_blocks, k_blocks, v_blocks, bias_blocks, out, lse = residuals
+    delta = _delta(out, d_out)
     dq_t, dk, dv = _backward_update(
-        q_blocks, k_blocks, v_blocks, bias_blocks, d_out, lse, _delta(out, d_out), _zero_dq_t(q_blocks)
+        q_blocks, k_blocks, v_blocks, bias_blocks, d_out, lse, delta, _zero_dq_t(q_blocks)
     )
-    dq = jnp.swapaxes(dq_t, -1, -2)
-    d_bias = None if bias_blocks is None else jnp.zeros_like(bias_blocks)
-    return (
-        dq.astype(q_blocks.dtype),
-        dk.astype(k_blocks.dtype),
-        dv.astype(v_blocks.dtype),
-        d_bias,
-    )
+    dq = jnp.swapaxes(dq_t, -1, -2).astype(q_blocks.dtype)
+    return dq, dk.astype(k_blocks.dtype), dv.astype(v_blocks.dtype), _zero_bias_grad(bias_blocks)
 
 
 _blockwise_core.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def _block_len(length: int, block: int) -> int:
-    return min(block, -(-length // 8) * 8)
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+    """Block lengths and rows per tile resolved for one call's shapes."""
+
+    bq: int
+    bk: int
+    rows_per_tile: int
 
 
-def _to_blocks(x: jax.Array, block: int) -> jax.Array:
-    """[B, T, H, D] -> [T/block, B, H, block, D], zero-padding T to a multiple of block."""
+def _tiling(q: jax.Array, k: jax.Array, block_sizes: BlockSizes) -> _Tiling:
+    rows = q.shape[0] * q.shape[2]
+    bq = min(block_sizes.block_q, -(-q.shape[1] // 8) * 8)
+    bk = min(block_sizes.block_k, -(-k.shape[1] // 8) * 8)
+    wanted = block_sizes.block_rows
+    if wanted is None:
+        wanted = max(1, _CPU_TILE // (bq * bk)) if jax.default_backend() == "cpu" else rows
+    # The largest divisor of rows not above the wish: groups are then all full.
+    g = max(d for d in range(1, min(wanted, rows) + 1) if rows % d == 0)
+    return _Tiling(bq, bk, g)
+
+
+def _to_blocks(x: jax.Array, block: int, g: int) -> jax.Array:
+    """[B, T, H, D] -> [G, T/block, g, block, D], zero-padding T to a multiple of block."""
     b, t, h, d = x.shape
     n = -(-t // block)
-    x = jnp.pad(x, ((0, 0), (0, n * block - t), (0, 0), (0, 0)))
-    return x.reshape(b, n, block, h, d).transpose(1, 0, 3, 2, 4)
+    x = jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, n * block - t), (0, 0)))
+    return x.reshape(b * h // g, g, n, block, d).transpose(0, 2, 1, 3, 4)
 
 
-def _from_blocks(x: jax.Array, length: int) -> jax.Array:
-    n, b, h, block, d = x.shape
-    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * block, h, d)[:, :length]
+def _from_blocks(x: jax.Array, batch: int, heads: int, length: int) -> jax.Array:
+    _, n, _, block, d = x.shape
+    x = x.transpose(0, 2, 1, 3, 4).reshape(batch, heads, n * block, d)
+    return x[:, :, :length].transpose(0, 2, 1, 3)
 
 
-def _bias_blocks(key_mask: jax.Array | None, batch: int, tk: int, block: int) -> jax.Array | None:
-    """Additive key bias [nk, B, block]: 0 for real keys, -inf for padding (mask or tail)."""
+def _bias_blocks(
+    key_mask: jax.Array | None, batch: int, heads: int, tk: int, block: int, g: int
+) -> jax.Array | None:
+    """Additive key bias [G, nk, g, bk]: 0 for real keys, -inf for padding (mask or tail)."""
     n = -(-tk // block)
     if key_mask is None and n * block == tk:
         return None
@@ -299,7 +352,8 @@ def _bias_blocks(key_mask: jax.Array | None, batch: int, tk: int, block: int) ->
         key_mask = jnp.ones((batch, tk), bool)
     key_mask = jnp.pad(key_mask, ((0, 0), (0, n * block - tk)))
     bias = jnp.where(key_mask, 0.0, -jnp.inf).astype(jnp.float32)
-    return bias.reshape(batch, n, block).transpose(1, 0, 2)
+    bias = jnp.broadcast_to(bias[:, None], (batch, heads, n * block))
+    return bias.reshape(batch * heads // g, g, n, block).transpose(0, 2, 1, 3)
 
 
 def blockwise_attention(
@@ -312,16 +366,16 @@ def blockwise_attention(
     block_sizes: BlockSizes | None = None,
 ) -> jax.Array:
     """Online-softmax attention in blocks with a recomputing custom backward."""
-    block_sizes = block_sizes or BlockSizes()
-    batch, tq = q.shape[:2]
-    tk = k.shape[1]
-    bq = _block_len(tq, block_sizes.block_q)
-    bk = _block_len(tk, block_sizes.block_k)
-    q_blocks = _to_blocks(q * jnp.asarray(scale, q.dtype), bq)
+    tiling = _tiling(q, k, block_sizes or BlockSizes())
+    batch, tq, heads, _ = q.shape
+    g = tiling.rows_per_tile
     out = _blockwise_core(
-        q_blocks, _to_blocks(k, bk), _to_blocks(v, bk), _bias_blocks(key_mask, batch, tk, bk)
+        _to_blocks(q * jnp.asarray(scale, q.dtype), tiling.bq, g),
+        _to_blocks(k, tiling.bk, g),
+        _to_blocks(v, tiling.bk, g),
+        _bias_blocks(key_mask, batch, heads, k.shape[1], tiling.bk, g),
     )
-    return _from_blocks(out, tq)
+    return _from_blocks(out, batch, heads, tq)
 
 
 # --------------------------------------------------------------------------------------
@@ -369,12 +423,21 @@ def _ring_bwd(axis_name, n, residuals, d_out):
     zeros = jnp.zeros_like(k_blocks, dtype=jnp.float32)
     init = (_zero_dq_t(q_blocks), (k_blocks, v_blocks, bias_blocks))
     dq_t, _, (dk, dv) = jax.lax.fori_loop(0, n, body, (*init, (zeros, zeros)))
-    dq = jnp.swapaxes(dq_t, -1, -2)
-    d_bias = None if bias_blocks is None else jnp.zeros_like(bias_blocks)
-    return dq.astype(q_blocks.dtype), dk.astype(k_blocks.dtype), dv.astype(v_blocks.dtype), d_bias
+    dq = jnp.swapaxes(dq_t, -1, -2).astype(q_blocks.dtype)
+    return dq, dk.astype(k_blocks.dtype), dv.astype(v_blocks.dtype), _zero_bias_grad(bias_blocks)
 
 
 _ring_core.defvjp(_ring_fwd, _ring_bwd)
+
+
+def _shard_dim1(x: jax.Array | None, axis_name: str) -> jax.Array | None:
+    """Reshard dim 1 over ``axis_name``, keeping the other dims' sharding."""
+    if x is None:
+        return None
+    spec = list(jax.typeof(x).sharding.spec)
+    spec += [None] * (x.ndim - len(spec))
+    spec[1] = axis_name
+    return jax.sharding.reshard(x, P(*spec))
 
 
 def ring_attention(
@@ -411,17 +474,28 @@ def ring_attention(
         key_mask = jnp.pad(key_mask, ((0, 0), (0, tk_pad - tk)))
     pad = lambda x, t: jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0), (0, 0)))
     q, k, v = pad(q * jnp.asarray(scale, q.dtype), tq_pad), pad(k, tk_pad), pad(v, tk_pad)
-    bq = _block_len(tq_pad // n, block_sizes.block_q)
-    bk = _block_len(tk_pad // n, block_sizes.block_k)
 
     def local(q, k, v, key_mask):
-        tk_local = k.shape[1]
-        bias = _bias_blocks(key_mask, k.shape[0], tk_local, bk)
+        tiling = _tiling(q, k, block_sizes)
+        batch, tq_local, heads, _ = q.shape
+        g = tiling.rows_per_tile
         out = _ring_core(
-            _to_blocks(q, bq), _to_blocks(k, bk), _to_blocks(v, bk), bias, axis_name, n
+            _to_blocks(q, tiling.bq, g),
+            _to_blocks(k, tiling.bk, g),
+            _to_blocks(v, tiling.bk, g),
+            _bias_blocks(key_mask, batch, heads, k.shape[1], tiling.bk, g),
+            axis_name,
+            n,
         )
-        return _from_blocks(out, q.shape[1])
+        return _from_blocks(out, batch, heads, tq_local)
 
+    axis_type = mesh.axis_types[mesh.axis_names.index(axis_name)]
+    explicit = axis_type == jax.sharding.AxisType.Explicit
+    if explicit:
+        # Explicit axes never reshard implicitly: move the sequence onto the ring here,
+        # and give the output back in the layout q came in.
+        q_spec = jax.typeof(q).sharding.spec
+        q, k, v, key_mask = (_shard_dim1(x, axis_name) for x in (q, k, v, key_mask))
     seq = P(None, axis_name, None, None)
     mask_spec = None if key_mask is None else P(None, axis_name)
     out = jax.shard_map(
@@ -431,6 +505,8 @@ def ring_attention(
         out_specs=seq,
         axis_names={axis_name},
     )(q, k, v, key_mask)
+    if explicit:
+        out = jax.sharding.reshard(out, q_spec)
     return out[:, :tq]
 
 
@@ -438,19 +514,22 @@ def ring_attention(
 
 
 def select_implementation(q: jax.Array, k: jax.Array) -> str:
-    """The automatic choice: cuDNN for half precision on GPU, blockwise once the
-    logits would be large, XLA's fused softmax for short sequences."""
-    head_dim = q.shape[-1]
+    """The automatic choice: cuDNN for half precision on GPU; otherwise blockwise
+    once the [Tq, Tk] logits get large (sooner on CPU, where it is also faster),
+    XLA's fused softmax below that."""
+    backend = jax.default_backend()
+    batch, tq, heads, head_dim = q.shape
     if (
-        jax.default_backend() == "gpu"
+        backend == "gpu"
         and q.dtype in (jnp.bfloat16, jnp.float16)
         and head_dim % 8 == 0
         and head_dim <= 128
     ):
         return "cudnn"
-    if q.shape[1] * k.shape[1] >= _BLOCKWISE_MIN_PAIRS:
-        return "blockwise"
-    return "xla"
+    if backend == "cpu":
+        return "blockwise" if tq * k.shape[1] >= _CPU_BLOCKWISE_MIN_PAIRS else "xla"
+    logit_bytes = batch * heads * tq * k.shape[1] * 4
+    return "blockwise" if logit_bytes >= _ACCELERATOR_BLOCKWISE_MIN_LOGIT_BYTES else "xla"
 
 
 def attention(

@@ -60,6 +60,9 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -
         if name == "keypoints":
             kcfg = KeypointConfig(
                 backbone=m.keypoint_backbone,
+                channels=m.keypoint_channels,
+                depth=m.keypoint_depth,
+                stream_width=m.keypoint_stream_width,
                 dropout=m.dropout,
                 remat=m.remat,
                 transformer=_transformer(m),

@@ -60,7 +60,11 @@ class FusionConfig:
 
 
 class ClassifierHead(nnx.Module):
-    """LayerNorm -> dropout -> linear to logits."""
+    """LayerNorm -> dropout -> linear to logits.
+
+    The linear layer starts at zero (as big_vision's heads): every class starts
+    equally likely, so training begins at loss log(num_classes) whatever the seed.
+    """
 
     def __init__(self, width: int, num_classes: int, dropout: float, *, rngs: nnx.Rngs):
         self.norm = layer_norm(width, "float32", rngs)
@@ -68,6 +72,7 @@ class ClassifierHead(nnx.Module):
         self.linear = nnx.Linear(
             width,
             num_classes,
+            kernel_init=nnx.initializers.zeros_init(),
             kernel_metadata=axes("embed", "classes"),
             bias_metadata=axes("classes"),
             rngs=rngs,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -287,7 +288,7 @@ class KeypointBranch(nnx.Module):
         self.encoder = TransformerEncoder(cfg.transformer, rngs=rngs)
         self.head = ClassifierHead(self.width, cfg.num_classes, cfg.dropout, rngs=rngs)
 
-    def frame_features(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def frame_features(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """Checked inputs -> joint features [B, F, 137, 5] and the frame mask [B, F]."""
         cfg = self.cfg
         for key in (cfg.keypoints_key, cfg.offsets_key, cfg.mask_key):
@@ -305,13 +306,14 @@ class KeypointBranch(nnx.Module):
                     f"batch[{key!r}] has shape {value.shape}, expected {expected[key]} "
                     "(keypoints [B, F, 137, 3], offsets [B, F, 137, 2], mask [B, F])"
                 )
-        dtype = jnp.dtype(cfg.transformer.dtype)
-        feats = jnp.concatenate([kp, off], axis=-1).astype(dtype)
-        present = (kp[..., 2:3] > 0).astype(dtype)  # a missing joint carries only zeros
-        return feats * present, mask.astype(bool)
+        # The per-frame backbones are small and run in float32; the Transformer casts
+        # the frame tokens to its compute dtype.
+        feats = jnp.concatenate([kp, off], axis=-1).astype(jnp.float32)
+        present = kp[..., 2:3] > 0  # a missing joint carries only zeros
+        return jnp.where(present, feats, 0.0), mask.astype(bool)
 
     def __call__(
-        self, batch: dict[str, jax.Array], *, deterministic: bool
+        self, batch: Mapping[str, jax.Array], *, deterministic: bool
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         feats, mask = self.frame_features(batch)
         parts = {

@@ -30,13 +30,9 @@ Activation names
                     the width of activations; separate from ``embed`` so FSDP can
                     shard parameters' ``embed`` without sharding activations' width
 
-A sharding rule table that covers all of them, for data parallel + FSDP over
-mesh axes ("data", "fsdp") and sequence parallel over "seq"::
-
-    (("batch", ("data", "fsdp")), ("seq", "seq"), ("activation_embed", None),
-     ("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv", None),
-     ("vocab", None), ("features", None), ("classes", None), ("branches", None),
-     ("joints", None), ("joint_channels", None), ("joint_hidden", None))
+``DEFAULT_RULES`` covers all of them for a mesh with axes ("data", "fsdp",
+"seq"): data parallel over data x fsdp, parameters' width sharded over fsdp
+(FSDP), sequences over seq. An axis of size 1 turns its kind of parallelism off.
 
 Parameters are created unsharded (``eager_sharding=False``), so a model builds
 on a laptop with no mesh; the trainer creates the sharded state from
@@ -69,6 +65,14 @@ PARAM_AXES = (
 )
 ACTIVATION_AXES = ("batch", "seq", "activation_embed")
 LOGICAL_AXES = PARAM_AXES + ACTIVATION_AXES
+
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("seq", "seq"),
+    ("activation_embed", None),
+    ("embed", "fsdp"),
+    *((name, None) for name in PARAM_AXES if name != "embed"),
+)
 
 # The activation names used at block boundaries of sequence models.
 BSE = ("batch", "seq", "activation_embed")

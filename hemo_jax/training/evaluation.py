@@ -7,11 +7,13 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 from hemo_jax.data import pipeline
 from hemo_jax.data.shards import ShardSet
-from hemo_jax.training import inputs, metrics, sharding, trainer
+from hemo_jax.models import factory
+from hemo_jax.training import checkpoint, inputs, metrics, sharding, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +91,32 @@ class Evaluator:
                 branch = metrics.point_metrics(labels[known], probs[known])
                 out[f"{name}_balanced_accuracy"] = branch["balanced_accuracy"]
         return out
+
+
+def load_trained(
+    workdir: str, *, checkpoint_step: str = "latest", shards: str | None = None
+) -> tuple[ml_collections.ConfigDict, trainer.TrainState, Mesh, int]:
+    """The config and trained parameters of a workdir, on a mesh of all devices.
+
+    ``checkpoint_step`` is "latest", "best" (by the config's best metric) or a step number.
+    ``shards`` replaces the config's shard set (to predict on other data).
+    """
+    store = checkpoint.CheckpointStore(workdir, best_metric=None)
+    try:
+        latest = store.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}")
+        config = ml_collections.ConfigDict(store.restore_item(latest, "config"))
+    finally:
+        store.close()
+    if shards:
+        config.data.shards = shards
+    step = None if checkpoint_step in ("latest", "best") else int(checkpoint_step)
+    best = config.train.best_metric if checkpoint_step == "best" else None
+    params, step = checkpoint.load_params(workdir, step=step, best_metric=best)
+    mesh = sharding.make_mesh(data=-1)
+    state = trainer.create_train_state(
+        lambda: factory.build_model(config), optax.set_to_zero(), mesh
+    )
+    state = trainer.restore_checkpoint_tree(state, {"params": params})
+    return config, state, mesh, step

@@ -25,63 +25,94 @@ from hemo_jax.models import partitioning
 MESH_AXES = ("data", "fsdp", "seq")
 BATCH_AXES = ("data", "fsdp")
 
-# logical name -> mesh axis (or axes), None = replicated. Every logical name the
-# models use (hemo_jax.models.partitioning.LOGICAL_AXES) has a rule here.
+# The one table mapping logical axis names to mesh axes, for parameters and
+# activations alike (defined beside the names, in hemo_jax.models.partitioning).
 # Parameters shard their "embed" dimension over fsdp (FSDP; with fsdp=1 it is
 # plain data parallel); activations name their width "activation_embed" so a
 # batch already split over fsdp does not reuse that axis.
-LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", BATCH_AXES),
-    ("seq", "seq"),
-    ("activation_embed", None),
-    ("embed", "fsdp"),
-    ("mlp", None),
-    ("heads", None),
-    ("kv", None),
-    ("vocab", None),
-    ("features", None),
-    ("classes", None),
-    ("branches", None),
-    ("joints", None),
-    ("joint_channels", None),
-    ("joint_hidden", None),
-)
+LOGICAL_RULES = partitioning.DEFAULT_RULES
+
+
+# Environment variables a launcher sets on every process of a multi-process job that
+# no cluster manager describes (a plain multi-node GPU job, or several processes on
+# one machine). SLURM jobs and TPU VM slices need none of them: JAX reads those
+# clusters' own environment (or, on TPU, the VM's metadata).
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"  # host:port of process 0 (read by JAX itself)
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def distributed_requested() -> bool:
+    """Whether the environment describes a job of more than one process."""
+    if NUM_PROCESSES_ENV in os.environ:
+        return (_env_int(NUM_PROCESSES_ENV) or 1) > 1
+    if "SLURM_NTASKS" in os.environ:
+        return (_env_int("SLURM_NTASKS") or 1) > 1
+    return any(k in os.environ for k in (COORDINATOR_ENV, "TPU_WORKER_HOSTNAMES"))
 
 
 def maybe_initialize_distributed(enabled: bool | None = None) -> None:
-    """Calls ``jax.distributed.initialize()`` for multi-host runs.
+    """Calls ``jax.distributed.initialize`` for multi-process runs, before any JAX work.
 
-    With ``enabled=None`` it initialises when the environment names a cluster
-    (TPU VM slices, SLURM, or an explicit JAX_COORDINATOR_ADDRESS); JAX finds
-    the coordinator, process count and index from that environment.
+    One mechanism: the environment, read by JAX. Under SLURM (``srun``, one task
+    per GPU or per host) JAX finds the coordinator, process count and index
+    itself. Elsewhere, set on every process ``JAX_COORDINATOR_ADDRESS=host:port``
+    (process 0's host, a free port), ``JAX_NUM_PROCESSES=N`` and
+    ``JAX_PROCESS_ID=i`` (0..N-1). With ``enabled=None`` (config
+    ``distributed.initialize=auto``) it initialises when the environment names a
+    job of more than one process; True (``yes``, e.g. on a TPU VM slice, whose
+    workers JAX discovers from the TPU metadata) always initialises; False never.
+
+    Each process then feeds its own slice of every global batch (the data
+    pipeline slices by ``jax.process_index()``). On CPU, processes exchange
+    collectives through gloo (``jax_cpu_collectives_implementation``, JAX's default).
     """
     if enabled is None:
-        enabled = (
-            any(
-                k in os.environ
-                for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
-            )
-            and int(os.environ.get("SLURM_NTASKS", "2")) > 1
-        )
-    if enabled and not jax.distributed.is_initialized():
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
-        logging.info(
-            "process %d of %d, %d local / %d global devices",
-            jax.process_index(),
-            jax.process_count(),
-            jax.local_device_count(),
-            jax.device_count(),
-        )
+        enabled = distributed_requested()
+    if not enabled or jax.distributed.is_initialized():
+        return
+    # Must run before anything touches a JAX backend (jax.devices(), an array...).
+    jax.distributed.initialize(
+        coordinator_address=os.environ.get(COORDINATOR_ENV) or None,
+        num_processes=_env_int(NUM_PROCESSES_ENV),
+        process_id=_env_int(PROCESS_ID_ENV),
+    )
+    logging.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, seq: int = 1) -> Mesh:
-    """A mesh over all devices; one of the sizes may be -1 (the rest)."""
+def make_mesh(
+    data: int = -1, fsdp: int = 1, seq: int = 1, *, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """A mesh over ``devices`` (default: all, of every process); one size may be -1 (the rest).
+
+    Axes are Auto so that NNX logical partitioning and ``with_sharding_constraint``
+    apply inside jit.
+    """
     sizes = [data, fsdp, seq]
-    n = jax.device_count()
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} seq={seq}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(
+            f"mesh sizes must be positive or -1, got data={data} fsdp={fsdp} seq={seq}"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n % known:
@@ -92,7 +123,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, seq: int = 1) -> Mesh:
             f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
             f"{math.prod(sizes)} devices, have {n}"
         )
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def _fits(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -126,6 +157,6 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def describe(mesh: Mesh) -> str:
     return " ".join(f"{k}={v}" for k, v in mesh.shape.items()) + (
-        f" over {mesh.devices.size} {jax.devices()[0].platform} devices, "
+        f" over {mesh.devices.size} {mesh.devices.flat[0].platform} devices, "
         f"{jax.process_count()} process(es)"
     )

@@ -98,6 +98,47 @@ class TrainState:
         return nnx.state(self.model(), nnx.Param).to_pure_dict()
 
 
+def abstract_train_state(
+    model_fn: Callable[[], nnx.Module],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    trainable: Any = nnx.Param,
+) -> TrainState:
+    """Shapes, dtypes and shardings of (model, optimizer), computed without allocating.
+
+    Cheap: enough to check a checkpoint against the model before compiling anything.
+    """
+
+    def build() -> tuple[nnx.Module, nnx.Optimizer]:
+        model = model_fn()
+        return model, nnx.Optimizer(model, tx, wrt=trainable)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    return TrainState(graphdef, abstract, sharding.state_shardings(abstract, mesh), trainable)
+
+
+def initialize(
+    abstract: TrainState,
+    model_fn: Callable[[], nnx.Module],
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """Builds the (model, optimizer) of ``abstract`` directly sharded, in one jitted call."""
+
+    def build() -> Any:
+        model = model_fn()
+        return nnx.split((model, nnx.Optimizer(model, tx, wrt=abstract.trainable)))[1]
+
+    @jax.jit
+    def init() -> Any:
+        return jax.lax.with_sharding_constraint(build(), abstract.shardings)
+
+    with jax.set_mesh(mesh):
+        state = init()
+    return dataclasses.replace(abstract, state=state)
+
+
 def create_train_state(
     model_fn: Callable[[], nnx.Module],
     tx: optax.GradientTransformation,
@@ -106,21 +147,8 @@ def create_train_state(
     trainable: Any = nnx.Param,
 ) -> TrainState:
     """Builds model and optimizer directly sharded, from their abstract shapes."""
-
-    def build() -> tuple[nnx.Module, nnx.Optimizer]:
-        model = model_fn()
-        return model, nnx.Optimizer(model, tx, wrt=trainable)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(build))
-    shardings = sharding.state_shardings(abstract, mesh)
-
-    @jax.jit
-    def init() -> Any:
-        return jax.lax.with_sharding_constraint(nnx.split(build())[1], shardings)
-
-    with jax.set_mesh(mesh):
-        state = init()
-    return TrainState(graphdef, state, shardings, trainable)
+    abstract = abstract_train_state(model_fn, tx, mesh, trainable=trainable)
+    return initialize(abstract, model_fn, tx, mesh)
 
 
 def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
@@ -129,14 +157,20 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     )
 
 
-def _loss_sums(model: nnx.Module, batch: Mapping[str, jax.Array], options: StepOptions):
+def _loss_sums(
+    model: nnx.Module,
+    inputs: Mapping[str, jax.Array],
+    batch: Mapping[str, jax.Array],
+    options: StepOptions,
+):
     """Weighted cross-entropy sums of the fused logits (plus each branch's, if asked).
 
-    The data pipeline sets each example's ``target`` (its label, or its pseudo
-    label for the pseudo-labelled pool) and ``sample_weight`` (class weights,
-    labeler confidence, zero for padding).
+    The model reads ``inputs`` (the batch in the compute dtype); targets and
+    weights come from ``batch`` in full precision. The data pipeline sets each
+    example's ``target`` (its label, or its pseudo label for the pseudo-labelled
+    pool) and ``sample_weight`` (class weights, labeler confidence, zero for padding).
     """
-    logits, aux = model(batch, deterministic=False)
+    logits, aux = model(inputs, deterministic=False)
     target, weight, valid = batch["target"], batch["sample_weight"], batch["valid"]
     sums = metrics.classification_sums(logits, target, weight, valid)
     loss_sum = sums["loss_sum"]
@@ -162,6 +196,11 @@ def make_train_step(
     graphdef, trainable = train_state.graphdef, train_state.trainable
     compute_dtype = jnp.dtype(options.compute_dtype)
     accum = options.grad_accum
+    batch_size = len(batch_example["target"])
+    if accum < 1 or batch_size % accum:
+        raise ValueError(
+            f"grad_accum {accum} must be >= 1 and divide the global batch size {batch_size}"
+        )
 
     def step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
         model, optimizer = nnx.merge(graphdef, state)
@@ -172,15 +211,20 @@ def make_train_step(
                 model_def, _cast_floats(params, compute_dtype), _cast_floats(rest, compute_dtype)
             )
             nnx.reseed(m, dropout=key)
-            return _loss_sums(m, _cast_floats(micro, compute_dtype), options)
+            return _loss_sums(m, _cast_floats(micro, compute_dtype), micro, options)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum == 1:
             (_, sums), grads = grad_fn(params, batch, rng)
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch
-            )
+            # Micro-batch i holds rows i, i + accum, i + 2 * accum, ...: with the batch
+            # split over devices in contiguous blocks, every device keeps its own rows
+            # (a contiguous split would move rows between devices).
+            def strided(x: jax.Array) -> jax.Array:
+                x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
+                return jnp.moveaxis(x, 1, 0)
+
+            micro = jax.tree.map(strided, batch)
 
             def body(carry, inp):
                 g_acc, s_acc = carry

@@ -1,0 +1,318 @@
+"""Attention time and peak memory against length, for every implementation and for
+PyTorch's ``scaled_dot_product_attention`` on the same shapes, in the same run.
+
+Shapes: batch 1, 8 heads, head_dim 64, lengths 1k..64k (float32 on CPU) or 8k..128k
+(bf16, ``--gpu``, with ``cudnn`` and without PyTorch). Two modes: ``fwd`` (the output)
+and ``fwd+bwd`` (gradient of sum(out) with respect to q, k and v).
+
+Method. Every (implementation, length, mode) runs in a fresh subprocess, so one
+config's memory never shows up in another's. In it: inputs are made, then JAX
+compiles ahead of time (``jit(...).lower(...).compile()``; the compile time is
+reported apart), then ``--repeats`` calls are timed with ``block_until_ready`` (one
+call at 32k and above, where a call takes minutes) after one untimed warm-up call
+below that; the median is reported. Peak memory on CPU is the process's peak
+resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) at the end, i.e.
+libraries + inputs + compilation + the calls; ``baseline`` is the same figure
+just before compiling (libraries + inputs), so ``peak - baseline`` is what running
+the attention cost. On GPU it is the device's ``peak_bytes_in_use``. PyTorch runs
+with ``torch.set_num_threads(os.cpu_count())``, as many threads as XLA's CPU
+pool. Configs whose [T, T] logits would not fit (``reference``/``xla`` at long
+lengths) are not run and are marked "skipped: O(T^2) memory".
+
+    .venv/bin/python benchmarks/attention.py                # CPU table, 1k..64k
+    .venv/bin/python benchmarks/attention.py --quick        # smoke sizes
+    .venv/bin/python benchmarks/attention.py --gpu          # GPU table, bf16, with cudnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+BATCH, HEADS, HEAD_DIM = 1, 8, 64
+CPU_LENGTHS = (1024, 4096, 16384, 65536)
+GPU_LENGTHS = (8192, 16384, 32768, 65536, 131072)
+CPU_IMPLS = ("reference", "xla", "blockwise", "torch")
+GPU_IMPLS = ("reference", "xla", "cudnn", "blockwise")
+MODES = ("fwd", "fwd+bwd")
+# Peak memory over baseline, in [B, H, T, T] float32 logits, of the implementations
+# that materialise them; measured with this script at T=4096 on CPU (2026-11-26).
+_LOGIT_BUFFERS = {
+    ("reference", "fwd"): 2.2,
+    ("reference", "fwd+bwd"): 9.3,
+    ("xla", "fwd"): 2.2,
+    ("xla", "fwd+bwd"): 5.3,
+}
+
+
+def _quadratic_bytes(impl: str, mode: str, length: int) -> float:
+    return _LOGIT_BUFFERS.get((impl, mode), 0.0) * BATCH * HEADS * length * length * 4
+
+
+def _mem_available() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------- worker side
+
+
+def _time_calls(fn, repeats: int, warmup: bool) -> list[float]:
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _run_jax(cfg: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from hemo_jax.models.attention import BlockSizes, attention
+
+    dtype = jnp.bfloat16 if cfg["dtype"] == "bfloat16" else jnp.float32
+    rng = np.random.default_rng(0)
+    shape = (BATCH, cfg["length"], HEADS, HEAD_DIM)
+    q, k, v = (jax.device_put(rng.standard_normal(shape, np.float32).astype(dtype)) for _ in "qkv")
+    blocks = None
+    if cfg["impl"] == "blockwise" and cfg.get("block_q"):
+        blocks = BlockSizes(block_q=cfg["block_q"], block_k=cfg["block_k"])
+
+    def fwd(q, k, v):
+        return attention(q, k, v, implementation=cfg["impl"], block_sizes=blocks)
+
+    def loss(q, k, v):
+        return jnp.sum(fwd(q, k, v).astype(jnp.float32))
+
+    fn = fwd if cfg["mode"] == "fwd" else jax.grad(loss, argnums=(0, 1, 2))
+    jax.block_until_ready((q, k, v))
+    baseline = _peak_rss()
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(q, k, v).compile()
+    compile_s = time.perf_counter() - start
+    times = _time_calls(
+        lambda: jax.block_until_ready(compiled(q, k, v)), cfg["repeats"], cfg["warmup"]
+    )
+    result = {"times_s": times, "compile_s": compile_s, "baseline_bytes": baseline}
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        result["peak_bytes"] = device.memory_stats()["peak_bytes_in_use"]
+        result["device"] = device.device_kind
+    else:
+        result["peak_bytes"] = _peak_rss()
+    return result
+
+
+def _run_torch(cfg: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    gen = torch.Generator().manual_seed(0)
+    # torch's layout is [B, H, T, D]; same numbers of heads, length and head_dim.
+    shape = (BATCH, HEADS, cfg["length"], HEAD_DIM)
+    grad = cfg["mode"] == "fwd+bwd"
+    q, k, v = (torch.randn(shape, generator=gen).requires_grad_(grad) for _ in "qkv")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def call():
+        if grad:
+            sdpa(q, k, v).sum().backward()
+            q.grad = k.grad = v.grad = None
+        else:
+            with torch.no_grad():
+                sdpa(q, k, v)
+
+    baseline = _peak_rss()
+    times = _time_calls(call, cfg["repeats"], cfg["warmup"])
+    return {
+        "times_s": times,
+        "compile_s": 0.0,
+        "baseline_bytes": baseline,
+        "peak_bytes": _peak_rss(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def worker(cfg: dict) -> None:
+    cpu0 = time.process_time()
+    result = _run_torch(cfg) if cfg["impl"] == "torch" else _run_jax(cfg)
+    result["process_cpu_s"] = time.process_time() - cpu0
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------- driver side
+
+
+def run_config(cfg: dict, timeout_s: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", json.dumps(cfg)]
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cuda" if cfg["dtype"] == "bfloat16" else "cpu")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {**cfg, "status": f"failed: over {timeout_s:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {**cfg, "status": f"failed: exit {proc.returncode}: {tail[0][:200]}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**cfg, **result, "status": "ok", "median_s": statistics.median(result["times_s"])}
+
+
+def _cell_time(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return f"{row['median_s']:.3g}" if row["status"] == "ok" else row["status"]
+
+
+def _cell_mem(row: dict | None) -> str:
+    if row is None or row["status"] != "ok":
+        return "-"
+    return (
+        f"{row['peak_bytes'] / 1e9:.2f} ({(row['peak_bytes'] - row['baseline_bytes']) / 1e9:.2f})"
+    )
+
+
+def markdown(rows: list[dict], gpu: bool) -> str:
+    by_key = {(r["length"], r["impl"], r["mode"]): r for r in rows}
+    lengths = sorted({r["length"] for r in rows})
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    mem = "peak GB (device)" if gpu else "peak RSS GB (over baseline)"
+    lines = [
+        f"| T | impl | fwd s | fwd+bwd s | fwd {mem} | fwd+bwd {mem} | fwd+bwd vs torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in lengths:
+        for impl in impls:
+            fwd, both = by_key.get((t, impl, "fwd")), by_key.get((t, impl, "fwd+bwd"))
+            ref = by_key.get((t, "torch", "fwd+bwd"))
+            ratio = "-"
+            if both and ref and both["status"] == ref["status"] == "ok" and impl != "torch":
+                ratio = f"{both['median_s'] / ref['median_s']:.2f}x"
+            lines.append(
+                f"| {t:,} | {impl} | {_cell_time(fwd)} | {_cell_time(both)} | "
+                f"{_cell_mem(fwd)} | {_cell_mem(both)} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def _versions(gpu: bool) -> dict:
+    import jax
+
+    versions = {"python": platform.python_version(), "jax": jax.__version__}
+    if not gpu:
+        import torch
+
+        versions["torch"] = torch.__version__
+    return versions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="bf16, 8k..128k, with cudnn")
+    parser.add_argument("--quick", action="store_true", help="smoke sizes (1k, 2k)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="override the lengths")
+    parser.add_argument("--impls", nargs="+", help="subset of implementations (torch = PyTorch)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls below 32k")
+    parser.add_argument("--block-q", type=int, help="blockwise BlockSizes.block_q")
+    parser.add_argument("--block-k", type=int, help="blockwise BlockSizes.block_k")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per config")
+    parser.add_argument("--out", type=Path, help="results JSON (default results/attention*.json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    if (args.block_q is None) != (args.block_k is None):
+        parser.error("give --block-q and --block-k together")
+
+    lengths = args.lengths or (
+        (1024, 2048) if args.quick else GPU_LENGTHS if args.gpu else CPU_LENGTHS
+    )
+    impls = args.impls or (GPU_IMPLS if args.gpu else CPU_IMPLS)
+    dtype = "bfloat16" if args.gpu else "float32"
+    budget = _mem_available() * 0.75
+    if args.gpu:
+        import jax
+
+        budget = jax.devices()[0].memory_stats()["bytes_limit"] * 0.9
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    started = datetime.datetime.now().astimezone()
+    load_start = os.getloadavg()
+    rows = []
+    for length in lengths:
+        for impl in impls:
+            for mode in args.modes:
+                cfg = {
+                    "impl": impl,
+                    "length": length,
+                    "mode": mode,
+                    "dtype": dtype,
+                    "repeats": args.repeats if length < 32768 else 1,
+                    "warmup": length < 32768,
+                    "block_q": args.block_q,
+                    "block_k": args.block_k,
+                }
+                if _quadratic_bytes(impl, mode, length) > budget:
+                    need = _quadratic_bytes(impl, mode, length) / 1e9
+                    row = {**cfg, "status": f"skipped: O(T^2) memory (~{need:.0f} GB)"}
+                else:
+                    row = run_config(cfg, args.timeout)
+                rows.append(row)
+                shown = f"{row['median_s']:.3f} s" if row["status"] == "ok" else row["status"]
+                print(f"T={length} {impl} {mode}: {shown}", file=sys.stderr, flush=True)
+
+    table = markdown(rows, args.gpu)
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+    }
+    gpu_rows = [r for r in rows if r.get("device")]
+    if gpu_rows:
+        machine["gpu"] = gpu_rows[0]["device"]
+    out = args.out or RESULTS / ("attention_gpu.json" if args.gpu else "attention.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "attention",
+        "command": command,
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": _versions(args.gpu),
+        "shape": {"batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM, "dtype": dtype},
+        "rows": rows,
+        "table": table,
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, out)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

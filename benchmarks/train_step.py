@@ -1,0 +1,547 @@
+"""Train-step throughput of the fused multimodal model: hemo_jax against PyTorch.
+
+The JAX step is the real trainer's (``hemo_jax.training.trainer``: ``make_optimizer``,
+``create_train_state``, ``make_train_step`` with ``StepOptions`` from the config, on
+a one-device mesh from ``sharding.make_mesh``), over the model ``factory.build_model``
+builds from ``configs/demo.py:fused`` (stage 2: keypoint, image and text branches,
+concat fusion, dropout on, aux loss weight 0.3). The PyTorch step runs the same
+architecture (``benchmarks/torch_multimodal.py``, with
+``F.scaled_dot_product_attention``), the same loss, AdamW with the same weight-decay
+mask and schedule, and global-norm clipping, on the same synthetic batch.
+
+Method. Both run in this one process, float32, on the CPU. Each framework's step
+runs ``--warmup`` untimed times first (JAX compiles there), then ``--rounds`` rounds
+alternate JAX and PyTorch, ``--steps`` timed steps each, so load from other users of
+a shared machine falls on both alike; every step ends with ``block_until_ready`` (JAX)
+or a synchronous ``.item()`` (PyTorch, eager on CPU) and the median step time is
+reported. PyTorch runs with ``torch.set_num_threads(os.cpu_count())``; XLA uses all
+cores by default. The load average before and after is recorded.
+
+``--gpu``: steps/s and model FLOPs utilisation (MFU) of the JAX step at keypoint
+sequence lengths 4k..32k frames, bf16 compute, on the GPU. Model FLOPs are counted
+analytically (``analytic_train_flops``: 2 x multiply-adds of every matmul and of
+attention's QK^T and PV, forward x 3 for forward + backward); XLA's
+``compiled.cost_analysis()`` figure is recorded beside it, but it omits fused
+attention kernels (cuDNN custom calls), so it is not the MFU basis.
+
+    .venv/bin/python benchmarks/train_step.py            # CPU: demo + long settings
+    .venv/bin/python benchmarks/train_step.py --quick    # smoke sizes
+    .venv/bin/python benchmarks/train_step.py --gpu      # GPU: 4k..32k frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import demo  # noqa: E402
+from hemo_jax.models import factory  # noqa: E402
+from hemo_jax.training import sharding, trainer  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+NUM_KEYPOINTS = 137
+# (name, batch, max_frames, max_images, max_text_tokens)
+CPU_SETTINGS = (("demo", 16, 64, 24, 192), ("long", 16, 512, 128, 192))
+QUICK_SETTINGS = (("quick", 4, 32, 8, 32),)
+GPU_LENGTHS = (4096, 8192, 16384, 32768)
+# Dense bf16 peak of a card, FLOP/s, by a substring of jax's device_kind.
+PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def make_config(batch: int, frames: int, images: int, tokens: int) -> ml_collections.ConfigDict:
+    c = demo.get_config("fused")
+    c.data.batch_size = batch
+    c.data.max_frames = frames
+    c.data.max_images = images
+    c.data.max_text_tokens = tokens
+    return c
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch with every key the pipeline yields; real-looking masks (a valid prefix
+    of random length) and keypoints with some missing joints (confidence 0)."""
+    rng = np.random.default_rng(seed)
+    d = config.data
+    b, f, fi, lt = d.batch_size, d.max_frames, d.max_images, d.max_text_tokens
+
+    def prefix_mask(length: int) -> np.ndarray:
+        lengths = rng.integers(max(length // 2, 1), length + 1, size=b)
+        return np.arange(length)[None, :] < lengths[:, None]
+
+    kp = rng.normal(size=(b, f, NUM_KEYPOINTS, 3)).astype(np.float32)
+    kp[..., 2] = rng.uniform(size=(b, f, NUM_KEYPOINTS)) * (rng.uniform(size=(b, f, 137)) > 0.2)
+    kmask, imask, tmask = prefix_mask(f), prefix_mask(fi), prefix_mask(lt)
+    kp *= kmask[:, :, None, None]
+    vocab = factory.HASH_VOCAB
+    label = rng.integers(0, 2, size=b).astype(np.int32)
+    return {
+        "keypoints": kp,
+        "keypoint_offsets": rng.normal(size=(b, f, NUM_KEYPOINTS, 2)).astype(np.float32) * 0.05,
+        "keypoint_mask": kmask,
+        "image_features": rng.normal(size=(b, fi, config.model.image_feature_dim)).astype(
+            np.float32
+        )
+        * imask[..., None],
+        "image_mask": imask,
+        "text_ids": (rng.integers(1, vocab, size=(b, lt)) * tmask).astype(np.int32),
+        "text_mask": tmask,
+        "label": label,
+        "pseudo_label": np.full(b, -1, np.int32),
+        "pseudo_confidence": np.zeros(b, np.float32),
+        "target": label,
+        "sample_weight": rng.uniform(0.5, 1.5, size=b).astype(np.float32),
+        "valid": np.ones(b, bool),
+        "video_index": np.arange(b, dtype=np.int32),
+        "window_index": np.zeros(b, np.int32),
+    }
+
+
+class JaxStep:
+    """The real trainer's jitted step over the model of ``config``, on one device."""
+
+    def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]):
+        self.mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+        c = config.optim
+        tx = trainer.make_optimizer(
+            lr=c.lr,
+            warmup_steps=c.warmup_steps,
+            total_steps=config.train.steps,
+            weight_decay=c.weight_decay,
+            clip_norm=c.clip_norm,
+            b1=c.b1,
+            b2=c.b2,
+        )
+        trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
+        self.train_state = trainer.create_train_state(
+            lambda: factory.build_model(config), tx, self.mesh, trainable=trainable
+        )
+        options = trainer.StepOptions(
+            compute_dtype=config.train.compute_dtype,
+            grad_accum=config.optim.grad_accum,
+            aux_loss_weight=config.train.aux_loss_weight,
+        )
+        self.step_fn = trainer.make_train_step(self.train_state, self.mesh, batch, options=options)
+        # On device once, as the data pipeline delivers it: the step times no host copy.
+        self.batch = {
+            k: jax.device_put(v, sharding.batch_sharding(self.mesh, np.ndim(v)))
+            for k, v in batch.items()
+        }
+        self.state = self.train_state.state
+        self.rng = jax.random.key(config.seed)
+        self.count = 0
+        self.params = sum(
+            x.size for x in jax.tree.leaves(nnx.state(self.train_state.model(), nnx.Param))
+        )
+
+    def __call__(self) -> float:
+        self.count += 1
+        self.state, out = self.step_fn(
+            self.state, self.batch, jax.random.fold_in(self.rng, self.count)
+        )
+        jax.block_until_ready((self.state, out))
+        return float(out["loss_sum"]) / float(out["weight_sum"])
+
+
+class TorchStep:
+    def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]):
+        import torch
+        import torch_multimodal as tm
+
+        torch.manual_seed(config.seed)
+        m, c = config.model, config.optim
+        cfg = tm.TorchModelConfig(
+            width=m.width,
+            depth=m.depth,
+            heads=m.heads,
+            mlp_ratio=m.mlp_ratio,
+            dropout=m.dropout,
+            keypoint_channels=m.keypoint_channels,
+            keypoint_depth=m.keypoint_depth,
+            keypoint_stream_width=m.keypoint_stream_width,
+            image_feature_dim=m.image_feature_dim,
+            vocab_size=factory.HASH_VOCAB,
+        )
+        if m.keypoint_backbone != "mlp" or m.fusion != "concat" or m.text_encoder:
+            raise ValueError(
+                "the PyTorch model mirrors the mlp backbone, concat fusion and "
+                "the hashing-token text encoder only"
+            )
+        self.model = tm.MultimodalClassifier(cfg).train()
+        opt, sched = tm.make_optimizer(
+            self.model,
+            lr=c.lr,
+            warmup_steps=c.warmup_steps,
+            total_steps=config.train.steps,
+            weight_decay=c.weight_decay,
+            b1=c.b1,
+            b2=c.b2,
+        )
+        self.step_fn = tm.make_train_step(
+            self.model,
+            opt,
+            sched,
+            clip_norm=c.clip_norm,
+            aux_loss_weight=config.train.aux_loss_weight,
+        )
+        self.batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        self.params = tm.param_count(self.model)
+
+    def __call__(self) -> float:
+        loss, _ = self.step_fn(self.batch)
+        return float(loss.item())
+
+
+def time_pair(steps: dict[str, Any], warmup: int, rounds: int, per_round: int):
+    """Warm-up (compile) each, then alternate rounds; per-step times in seconds."""
+    compile_s, times, losses = {}, {k: [] for k in steps}, {}
+    for name, fn in steps.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            losses[name] = fn()
+        compile_s[name] = time.perf_counter() - t0
+        print(f"  {name}: warm-up {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                losses[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+    return compile_s, times, losses
+
+
+def run_cpu(args) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    settings = QUICK_SETTINGS if args.quick else CPU_SETTINGS
+    for name, b, f, fi, lt in [s for s in settings if args.quick or s[0] in args.settings]:
+        config = make_config(b, f, fi, lt)
+        batch = synthetic_batch(config)
+        steps = {"jax": JaxStep(config, batch), "torch": TorchStep(config, batch)}
+        compile_s, times, losses = time_pair(steps, args.warmup, args.rounds, args.steps)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {
+            "setting": name,
+            "batch": b,
+            "frames": f,
+            "images": fi,
+            "text_tokens": lt,
+            "params": {k: s.params for k, s in steps.items()},
+            "warmup_s": compile_s,
+            "step_s": {k: sorted(v) for k, v in times.items()},
+            "median_step_s": med,
+            "samples_per_s": {k: b / v for k, v in med.items()},
+            "speedup_jax_over_torch": med["torch"] / med["jax"],
+            "last_loss": losses,
+        }
+        rows.append(row)
+        print(
+            f"[{name}] jax {med['jax'] * 1e3:.1f} ms, torch {med['torch'] * 1e3:.1f} ms, "
+            f"x{row['speedup_jax_over_torch']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def analytic_train_flops(config: ml_collections.ConfigDict) -> float:
+    """Model FLOPs of one train step: 3 x forward, forward = 2 x multiply-adds of every
+    matmul (attention's QK^T and PV included, over the full padded length)."""
+    m, d = config.model, config.data
+    w, mlp = m.width, int(m.width * m.mlp_ratio)
+    c, sw = m.keypoint_channels, m.keypoint_stream_width
+
+    def encoder(tokens: int) -> float:  # per sequence
+        per_layer = tokens * (8 * w * w + 4 * w * mlp) + 4 * tokens * tokens * w
+        return m.depth * per_layer
+
+    def head() -> float:
+        return 2 * w * 2
+
+    fwd = 0.0
+    per_frame = 0.0
+    for joints in (25, 70, 42):
+        per_frame += 2 * joints * 5 * c  # embedding
+        per_frame += m.keypoint_depth * (8 * c * joints * joints + 8 * joints * c * c)
+        per_frame += 2 * joints * c * sw  # readout
+    per_frame += 2 * 3 * sw * w  # stream fusion
+    fwd += d.max_frames * per_frame + encoder(d.max_frames) + head()
+    fwd += 2 * d.max_images * m.image_feature_dim * w + encoder(d.max_images) + head()
+    fwd += encoder(d.max_text_tokens) + 2 * d.max_text_tokens * w * w + head()
+    fwd += 2 * 3 * w * w + 4 * w * 4 * w + head()  # concat fusion (mlp_ratio 4)
+    return 3 * fwd * d.batch_size
+
+
+def run_gpu(args) -> list[dict[str, Any]]:
+    gpu = [dv for dv in jax.devices() if dv.platform == "gpu"]
+    if not gpu and not args.quick:
+        raise SystemExit("--gpu needs a GPU (jax.devices() has none); --quick runs the path on CPU")
+    kind = (gpu or jax.devices())[0].device_kind
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if peak is None:
+        peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
+    lengths = (64, 128) if args.quick else GPU_LENGTHS
+    rows = []
+    for length in lengths:
+        config = make_config(args.gpu_batch, length, 128 if not args.quick else 8, 192)
+        config.train.compute_dtype = "bfloat16"
+        config.model.width, config.model.heads = args.gpu_width, args.gpu_heads
+        config.model.depth = args.gpu_depth
+        row: dict[str, Any] = {"frames": length, "batch": args.gpu_batch}
+        try:
+            batch = synthetic_batch(config)
+            step = JaxStep(config, batch)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            row["warmup_s"] = time.perf_counter() - t0
+            times = []
+            for _ in range(args.rounds * args.steps):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            flops = analytic_train_flops(config)
+            row.update(
+                params=step.params,
+                median_step_s=med,
+                steps_per_s=1 / med,
+                samples_per_s=args.gpu_batch / med,
+                model_flops_per_step=flops,
+                xla_cost_analysis_flops=xla_flops(step),
+                achieved_tflops=flops / med / 1e12,
+                mfu=(flops / med / peak) if peak else None,
+            )
+        except Exception as err:  # an out-of-memory length is a result, not a crash
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "step_s"}), flush=True)
+    return [{"device_kind": kind, "peak_flops": peak, "rows": rows}]
+
+
+def xla_flops(step: JaxStep) -> float | None:
+    """XLA's own count for the compiled step (misses custom calls such as cuDNN attention)."""
+    # make_train_step returns a wrapper that enters the mesh; the jitted step is its closure.
+    jitted = inspect.getclosurevars(step.step_fn).nonlocals.get("jitted")
+    if jitted is None:
+        return None
+    rng = jax.random.key(0)
+    with jax.set_mesh(step.mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        cost = jitted.lower(step.state, step.batch, rng).compile().cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    return float(cost.get("flops", 0.0)) or None
+
+
+def _torch_name(path: tuple[str, ...]) -> str:
+    """The PyTorch parameter name of a hemo_jax parameter path."""
+    names = list(path)
+    if names[:4] == ["branches", "text", "encoder", "embed"]:
+        names = ["branches", "text", "embed", *names[4:]]
+    elif names[:4] == ["branches", "text", "encoder", "encoder"]:
+        names = ["branches", "text", "encoder", *names[4:]]
+    if "streams" in names and "blocks" in names:
+        i = names.index("blocks") + 2  # blocks/N/<mix|up|down>
+        if names[i] in ("up", "down"):
+            names.insert(i, "mlp")
+        elif names[i] == "mix":
+            names.insert(i + 1, "mlp")
+    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(names[-1])
+    return ".".join(names[:-1] + [leaf or names[-1]])
+
+
+def _torch_value(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    if path[-1] == "kernel":
+        split_out = path[-2] in ("query", "key", "value")  # [W, H, D]
+        rows = value.shape[0] if split_out else -1
+        return value.reshape(rows, -1 if split_out else value.shape[-1]).T
+    if path[-1] == "bias":
+        return value.reshape(-1)
+    return value
+
+
+def check_equivalence(seed: int = 0) -> dict[str, float]:
+    """Same weights in both models (random, heads included), dropout off: the largest
+    differences of the logits and of the loss, and the gradient norms."""
+    import torch
+    import torch_multimodal as tm
+
+    config = make_config(4, 32, 8, 32)
+    batch = synthetic_batch(config, seed)
+    jax_model = factory.build_model(config)
+    params = nnx.state(jax_model, nnx.Param)
+    rng = np.random.default_rng(seed)
+    pure = jax.tree.map(
+        lambda x: np.asarray(x) + 0.05 * rng.normal(size=x.shape).astype(np.float32),
+        params.to_pure_dict(),
+    )
+    params.replace_by_pure_dict(pure)
+    nnx.update(jax_model, params)
+    torch_step = TorchStep(config, batch)
+    model = torch_step.model.eval()
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+            names = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            target = own.pop(_torch_name(names))
+            target.copy_(torch.from_numpy(np.ascontiguousarray(_torch_value(names, value))))
+    if own:
+        raise AssertionError(f"PyTorch parameters without a JAX counterpart: {sorted(own)}")
+    aux_w = config.train.aux_loss_weight
+    jbatch = {k: jax.numpy.asarray(v) for k, v in batch.items()}
+
+    def jax_loss(model):
+        logits, aux = model(jbatch, deterministic=True)
+        w = jbatch["sample_weight"] * jbatch["valid"]
+
+        def ce(lg):
+            logp = jax.nn.log_softmax(lg)
+            picked = jax.numpy.take_along_axis(logp, jbatch["target"][:, None], 1)[:, 0]
+            return jax.numpy.sum(-w * picked)
+
+        total = ce(logits) + aux_w * sum(ce(v) for v in aux["branch_logits"].values())
+        return total / jax.numpy.sum(w), (logits, aux["branch_logits"])
+
+    (jloss, (jlogits, jbranch)), grads = nnx.value_and_grad(jax_loss, has_aux=True)(jax_model)
+    tloss, tlogits = tm.loss_sums(model, torch_step.batch, aux_w)
+    tloss.backward()
+    _, tbranch = model(torch_step.batch)
+    diffs = {"fused": float(np.max(np.abs(np.asarray(jlogits) - tlogits.detach().numpy())))}
+    for name, lg in jbranch.items():
+        diffs[name] = float(np.max(np.abs(np.asarray(lg) - tbranch[name].detach().numpy())))
+    tgrad = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
+    return {
+        "max_abs_logit_diff": diffs,
+        "loss": {"jax": float(jloss), "torch": float(tloss.detach())},
+        "grad_norm": {"jax": float(optax_norm(grads)), "torch": float(tgrad)},
+    }
+
+
+def optax_norm(tree: Any) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x))) for x in jax.tree.leaves(tree))))
+
+
+def versions() -> dict[str, str]:
+    import flax
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", ""),
+        "flax": flax.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def print_cpu_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        "\n| setting | batch | frames / images / tokens | params jax / torch | "
+        "jax samples/s | torch samples/s | jax / torch |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["samples_per_s"]
+        print(
+            f"| {r['setting']} | {r['batch']} | {r['frames']} / {r['images']} / "
+            f"{r['text_tokens']} | {r['params']['jax']:,} / {r['params']['torch']:,} | "
+            f"{s['jax']:.1f} | {s['torch']:.1f} | {r['speedup_jax_over_torch']:.2f}x |"
+        )
+
+
+def print_gpu_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['device_kind']}, bf16 peak {result['peak_flops']}")
+    print("| frames | batch | steps/s | samples/s | model TFLOP/step | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"| {r['frames']} | {r['batch']} | {r['error'][:60]} | | | | |")
+            continue
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(
+            f"| {r['frames']} | {r['batch']} | {r['steps_per_s']:.2f} | {r['samples_per_s']:.2f} | "
+            f"{r['model_flops_per_step'] / 1e12:.3f} | {r['achieved_tflops']:.2f} | {mfu} |"
+        )
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke sizes")
+    p.add_argument("--gpu", action="store_true", help="JAX on the GPU: steps/s and MFU, 4k..32k")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation) each")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument(
+        "--settings", nargs="+", default=[s[0] for s in CPU_SETTINGS], help="CPU settings to run"
+    )
+    p.add_argument("--gpu-batch", type=int, default=4)
+    p.add_argument("--gpu-width", type=int, default=256)
+    p.add_argument("--gpu-heads", type=int, default=4)
+    p.add_argument("--gpu-depth", type=int, default=4)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 peak")
+    p.add_argument(
+        "--check", action="store_true", help="same weights in both models: compare outputs"
+    )
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    if args.check:
+        print(json.dumps(check_equivalence(), indent=2))
+        return
+    if args.gpu:
+        result = run_gpu(args)[0]
+        print_gpu_table(result)
+        payload: dict[str, Any] = {"mode": "gpu", **result}
+        default_out = RESULTS / "train_step_gpu.json"
+    else:
+        rows = run_cpu(args)
+        print_cpu_table(rows)
+        payload = {"mode": "cpu", "rows": rows}
+        default_out = RESULTS / ("train_step_quick.json" if args.quick else "train_step.json")
+    payload.update(
+        command=" ".join([".venv/bin/python", *sys.argv]),
+        date=started,
+        machine={
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "jax_devices": [str(dv) for dv in jax.devices()],
+        },
+        versions=versions(),
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg(),
+        settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
+    )
+    out = args.out or default_out
+    write_json(out, payload)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

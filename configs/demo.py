@@ -1,0 +1,56 @@
+"""The demo on the synthetic corpus: small models that train in about a minute on 2 CPU cores.
+
+``--config configs/demo.py:STAGE[,smoke]`` with STAGE one of keypoints, image,
+text (stage 1) or fused (stage 2).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+STAGES = (*common.BRANCHES, "fused")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = (arg or "fused").split(",")
+    stage, variants = parts[0], set(parts[1:])
+    if stage not in STAGES:
+        raise ValueError(f"demo stage {stage!r} not one of {STAGES}")
+    if variants - {"smoke"}:
+        raise ValueError(f"unknown config variants {sorted(variants - {'smoke'})}")
+    c = common.get_config()
+    c.stage = 2 if stage == "fused" else 1
+    c.branches = common.BRANCHES if stage == "fused" else (stage,)
+    c.data.batch_size = 16
+    c.data.eval_batch_size = 16
+    c.data.max_frames = 64
+    c.data.max_images = 24
+    c.data.eval_windows = 2
+    # The labeler's reasoning carries its judgement; the text branch reads it with the transcript.
+    c.data.text_source = "both"
+    c.data.max_text_tokens = 192
+    c.model.width = 64
+    c.model.depth = 2
+    c.model.heads = 4
+    c.model.dropout = 0.1
+    c.model.image_feature_dim = 384
+    c.model.keypoint_channels = 16
+    c.model.keypoint_depth = 1
+    c.model.keypoint_stream_width = 64
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 20
+    c.train.steps = 120
+    c.train.eval_every = 40
+    c.train.checkpoint_every = 100
+    c.train.log_every = 10
+    if c.stage == 2:
+        c.optim.lr = 1e-3
+        c.train.steps = 100
+        c.pseudo.pool = "unlabeled"
+        c.pseudo.threshold = 0.0
+    if "smoke" in variants:
+        common.smoke(c)
+    c.lock()
+    return c

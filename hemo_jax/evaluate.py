@@ -1,0 +1,90 @@
+"""Evaluate a trained workdir: ``python -m hemo_jax.evaluate --workdir W``.
+
+Writes ``W/report/``: metrics.json (each metric with a bootstrap 95% interval),
+predictions.csv (per video: id, true label, pseudo label, prediction,
+probability, the labeler's reasoning), PNG plots and report.html.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from hemo_jax.data.shards import open_shards
+from hemo_jax.models import factory
+from hemo_jax.training import evaluation, report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
+_OUT = flags.DEFINE_string("out", None, "Report folder (default: WORKDIR/report).")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals.")
+
+
+def evaluate_workdir(
+    workdir: str,
+    *,
+    split: str | None = None,
+    checkpoint_step: str = "latest",
+    out_dir: str | None = None,
+    num_bootstrap: int = 1000,
+) -> dict[str, report.metrics.Interval]:
+    config, state, mesh, step = evaluation.load_trained(workdir, checkpoint_step=checkpoint_step)
+    split = split or config.data.eval_split
+    shards = open_shards(config.data.shards)
+    evaluator = evaluation.Evaluator(
+        config, shards, mesh, text_fn=factory.make_text_fn(config), split=split
+    )
+    pred = evaluator.predict(state)
+    rows = []
+    for index, prob in zip(pred.record_index, pred.probability, strict=True):
+        rec = shards.read(int(index), skip=("crops", "image_features"))
+        if rec.label < 0:
+            continue  # evaluation uses true labels only
+        rows.append(
+            report.VideoPrediction(
+                rec.video_id, rec.label, rec.pseudo_label, float(prob), rec.reasoning
+            )
+        )
+    if not rows:
+        raise ValueError(f"split {split!r} of {config.data.shards} has no labelled videos")
+    notes = [
+        f"Workdir {workdir}, checkpoint step {step} ({checkpoint_step}); split {split!r}; "
+        f"branches {', '.join(config.branches)}; stage {config.stage}.",
+    ]
+    if config.stage == 2 and config.pseudo.pool == "test":
+        notes.append(
+            "Transductive: the test videos were in training with their pseudo labels (as the "
+            "published method did); these metrics use only their true labels."
+        )
+    elif config.stage == 2 and config.pseudo.pool != "none":
+        notes.append(
+            f"Pseudo-labelled pool merged into training: the {config.pseudo.pool!r} videos."
+        )
+    return report.write_report(
+        out_dir or os.path.join(workdir, "report"),
+        rows,
+        title=f"hemo_jax evaluation: {os.path.basename(os.path.abspath(workdir))}",
+        notes=notes,
+        log=report.read_metrics_log(os.path.join(workdir, "metrics.jsonl")),
+        num_bootstrap=num_bootstrap,
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    intervals = evaluate_workdir(
+        _WORKDIR.value,
+        split=_SPLIT.value,
+        checkpoint_step=_CHECKPOINT.value,
+        out_dir=_OUT.value,
+        num_bootstrap=_BOOTSTRAP.value,
+    )
+    for name, iv in intervals.items():
+        print(f"{name:>18}: {iv.value:.3f}  [{iv.low:.3f}, {iv.high:.3f}]")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,62 @@
+"""Run a trained model on shards: ``python -m hemo_jax.predict --workdir W --shards S --out F.csv``.
+
+Writes one row per video (id, true label if known, pseudo label, prediction,
+P(win), the labeler's reasoning) for every record of the chosen splits.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from hemo_jax.data.schema import SPLITS
+from hemo_jax.data.shards import open_shards
+from hemo_jax.models import factory
+from hemo_jax.training import evaluation, report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+_SHARDS = flags.DEFINE_string("shards", None, "Shard set to predict on (default: the config's).")
+_SPLITS = flags.DEFINE_list("splits", list(SPLITS), "Splits to predict.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
+_OUT = flags.DEFINE_string("out", None, "Output CSV.", required=True)
+
+
+def predict(
+    workdir: str, out: str, *, shards: str | None, splits: list[str], checkpoint_step: str
+) -> list[report.VideoPrediction]:
+    config, state, mesh, _ = evaluation.load_trained(
+        workdir, checkpoint_step=checkpoint_step, shards=shards
+    )
+    shard_set = open_shards(config.data.shards)
+    text_fn = factory.make_text_fn(config)
+    rows = []
+    for split in splits:
+        if not any(info.split == split for info in shard_set.infos):
+            continue
+        evaluator = evaluation.Evaluator(config, shard_set, mesh, text_fn=text_fn, split=split)
+        pred = evaluator.predict(state)
+        for index, prob in zip(pred.record_index, pred.probability, strict=True):
+            rec = shard_set.read(int(index), skip=("crops", "image_features"))
+            rows.append(
+                report.VideoPrediction(
+                    rec.video_id, rec.label, rec.pseudo_label, float(prob), rec.reasoning
+                )
+            )
+    report.write_predictions_csv(out, rows)
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    rows = predict(
+        _WORKDIR.value,
+        _OUT.value,
+        shards=_SHARDS.value,
+        splits=_SPLITS.value,
+        checkpoint_step=_CHECKPOINT.value,
+    )
+    print(f"wrote {len(rows)} predictions to {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

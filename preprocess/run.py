@@ -1,0 +1,588 @@
+"""One command from a corpus on disk to raw shards: ``python -m preprocess run``.
+
+Per video of the corpus manifest (``preprocess.imigue``; the synthetic corpus
+has the same layout):
+
+1. keypoints from the video's OpenPose JSON folder (``preprocess.openpose``);
+   a video without one gets it from the OpenPose binary when one is
+   configured (``preprocess.openpose_binary``), else no keypoint rows;
+2. decode, sampled at ``image_fps``, → the interviewee's box from the chosen
+   detector → 224² JPEG crops (``preprocess.detect``);
+3. a pseudo label, confidence and reasoning from the VLM labeler
+   (``preprocess.gemini``), or none (``pseudo_label`` −1);
+4. one ``VideoRecord`` (with the transcript when the corpus has one) → the raw
+   shard set in ``out`` (``preprocess.shards.write_videos``).
+
+Labels are asked for up front, every video's request in a thread pool (at most
+the labeler's ``concurrency`` in flight), while the main thread decodes and
+crops in video order; a record waits only for its own label. The labeler never
+stops the run: a video whose label failed is a failed video (a record cannot be
+amended once written, so it is left for the rerun, where the labeler's cache
+makes every label already obtained free), unless ``keep_unlabelled`` writes it
+with ``pseudo_label`` −1 and a warning.
+
+Failures. A video that cannot be used is listed as failed with the step and the
+reason, and the run goes on with the rest. The steps: ``openpose`` (the binary
+failed), ``corpus`` (a malformed skeleton file, a video file that does not
+open), ``crops`` (a video that ends early or does not decode), ``label`` (the
+labeler's reason: rate_limited, blocked, malformed_json, …), ``record`` (the
+record breaks the schema). An error of an
+unexpected kind is a failure too, with its traceback in the log. A
+corrupt video is failed rather than kept as a keypoint-only record: its crops
+are missing, and a record written without them could not be completed later.
+A labelled video with skeletons but no video file is expected (the adapter
+warns about it) and becomes a keypoint-only record, with a warning.
+
+Resuming. A rerun with the same settings skips the videos already in the shard
+set and redoes the others, failed ones included; records of a killed run's
+unfinished shard are redone too. Settings that change what a record holds
+(detector, image rate, labeler, model, split, …) are kept in the status file
+and a rerun with other ones is refused, so one shard set never mixes them.
+
+The status file ``out/preprocess_status.json`` (written atomically after every
+failure and at the end) holds the settings, the failed videos with their
+reasons, the warnings per video and, once the run ends, the summary: videos
+done by this run, skipped because already done, failed and why, and the
+labeler's counts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import logging
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hemo_jax.data.schema import VideoRecord, validate
+from hemo_jax.data.shards import MANIFEST, open_shards
+from preprocess import gemini, prompts
+from preprocess.detect import (
+    DEFAULT_YOLO_WEIGHTS,
+    DETECTORS,
+    CropParams,
+    PersonDetector,
+    crop_video,
+    make_detector,
+)
+from preprocess.imigue import (
+    IMIGUE_FPS,
+    IMIGUE_FRAME_SIZE,
+    CorpusError,
+    CorpusLayout,
+    CorpusWarning,
+    ManifestRow,
+    SplitSpec,
+    build_manifest,
+    build_records,
+)
+from preprocess.openpose import OpenPoseError
+from preprocess.shards import write_videos
+from preprocess.video import VideoError
+
+log = logging.getLogger(__name__)
+
+CORPORA = ("imigue", "synthetic")  # also the records' `source`
+DEFAULT_DETECTOR = {"imigue": "yolo", "synthetic": "keypoints"}
+LABELERS = ("gemini", "none")
+STATUS_FILE = "preprocess_status.json"
+OPENPOSE_SUBDIR = "openpose"  # JSON folders the OpenPose binary writes, under out
+LABEL_CACHE_SUBDIR = "label_cache"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start: bad settings or an output folder it must not touch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``python -m preprocess run`` needs.
+
+    ``labeler_config`` None: the labeler's defaults with its cache under
+    ``out/label_cache``. ``openpose_binary``: run OpenPose for videos that have
+    no JSON folder. ``skeleton_errors`` goes to the OpenPose reader (``"skip"``
+    turns malformed frame files into zero rows instead of failing the video).
+    """
+
+    corpus: str
+    root: Path
+    out: Path
+    detector: str | None = None  # None: DEFAULT_DETECTOR of the corpus
+    labeler: str = "gemini"
+    split: SplitSpec = SplitSpec()
+    layout: CorpusLayout | None = None  # None: the iMiGUE layout under root
+    crop: CropParams = CropParams()
+    yolo_weights: str = DEFAULT_YOLO_WEIGHTS
+    device: str | None = None
+    labeler_config: gemini.LabelerConfig | None = None
+    keep_unlabelled: bool = False
+    openpose_binary: Path | None = None
+    openpose_models: Path | None = None
+    skeleton_errors: str = "raise"
+    records_per_shard: int = 16
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise RunError(f"corpus {self.corpus!r} is not one of {CORPORA}")
+        if self.labeler not in LABELERS:
+            raise RunError(f"labeler {self.labeler!r} is not one of {LABELERS}")
+        if self.detector is not None and self.detector not in DETECTORS:
+            raise RunError(f"detector {self.detector!r} is not one of {DETECTORS}")
+        if self.skeleton_errors not in ("raise", "skip"):
+            raise RunError(f"skeleton_errors {self.skeleton_errors!r} is not raise or skip")
+        if self.records_per_shard < 1:
+            raise RunError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+
+    @property
+    def detector_name(self) -> str:
+        return self.detector or DEFAULT_DETECTOR[self.corpus]
+
+    @property
+    def corpus_layout(self) -> CorpusLayout:
+        return self.layout or CorpusLayout(Path(self.root))
+
+    @property
+    def label_settings(self) -> gemini.LabelerConfig:
+        return self.labeler_config or gemini.LabelerConfig(
+            cache_dir=Path(self.out) / LABEL_CACHE_SUBDIR
+        )
+
+    def record_settings(self) -> dict[str, Any]:
+        """The settings that change what a record holds; a rerun must repeat them."""
+        settings: dict[str, Any] = {
+            "corpus": self.corpus,
+            "detector": self.detector_name,
+            "image_fps": self.crop.image_fps,
+            "crop_size": self.crop.size,
+            "jpeg_quality": self.crop.jpeg_quality,
+            "crop_margin": self.crop.margin,
+            "split": dataclasses.asdict(self.split),
+            "labeler": self.labeler,
+        }
+        if self.detector_name == "yolo":
+            settings["yolo_weights"] = Path(self.yolo_weights).name
+        if self.labeler == "gemini":
+            label = self.label_settings
+            settings["labeler_model"] = label.model
+            settings["labeler_endpoint"] = label.endpoint
+            settings["prompt_version"] = prompts.PROMPT_VERSION
+        return settings
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a run did; ``failed`` maps video id → {"step", "reason"}."""
+
+    out: str
+    videos: int  # in the corpus manifest
+    done: list[str]  # records written by this run
+    skipped: list[str]  # already in the shard set
+    failed: dict[str, dict[str, str]]
+    warnings: dict[str, list[str]]  # per video, "" for the corpus as a whole
+    labeler: dict[str, Any]
+    finished: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": self.out,
+            "videos": self.videos,
+            "done": len(self.done),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "done_ids": self.done,
+            "skipped_ids": self.skipped,
+            "failures": self.failed,
+            "failure_counts": dict(Counter(f["step"] for f in self.failed.values())),
+            "warnings": self.warnings,
+            "labeler": self.labeler,
+            "finished": self.finished,
+        }
+
+
+def format_summary(summary: RunSummary) -> str:
+    lines = [
+        f"{summary.videos} videos in the corpus: {len(summary.done)} done, "
+        f"{len(summary.skipped)} skipped (already in {summary.out}), "
+        f"{len(summary.failed)} failed" + ("" if summary.finished else " (run interrupted)"),
+    ]
+    if summary.failed:
+        lines += ["", "| video | step | reason |", "|---|---|---|"]
+        for vid, f in summary.failed.items():
+            reason = f["reason"].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {vid} | {f['step']} | {reason} |")
+    noted = {vid: notes for vid, notes in summary.warnings.items() if notes}
+    if noted:
+        lines += ["", f"warnings ({sum(len(n) for n in noted.values())}):"]
+        for vid, notes in noted.items():
+            lines += [f"  {vid or 'corpus'}: {note}" for note in notes]
+    if summary.labeler:
+        lines += ["", "labeler: " + summary.labeler["text"].replace("\n", "\n  ")]
+    lines.append(f"status: {Path(summary.out) / STATUS_FILE}")
+    return "\n".join(lines)
+
+
+class _VideoFailed(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+class _Status:
+    """The status file: settings, failures, warnings and the summary, written atomically."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], stored: frozenset[str]) -> None:
+        self.path = out / STATUS_FILE
+        self.settings = settings
+        self.failed: dict[str, dict[str, str]] = {}
+        self.warnings: dict[str, list[str]] = {}
+        self.summary: dict[str, Any] | None = None
+        previous = self._load()
+        if previous is None:
+            if stored:
+                raise RunError(
+                    f"{out} holds a shard set without {STATUS_FILE}: it was not written by "
+                    "`python -m preprocess run`; choose another --out"
+                )
+            return
+        old = previous.get("settings") or {}
+        changed = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
+        if changed and stored:
+            then = {k: old.get(k) for k in changed}
+            now = {k: settings.get(k) for k in changed}
+            raise RunError(
+                f"{out} holds {len(stored)} records made with other settings ({then} there, "
+                f"{now} now); rerun with the same settings or choose another --out"
+            )
+        self.failed = dict(previous.get("failed") or {})
+        self.warnings = {k: list(v) for k, v in (previous.get("warnings") or {}).items()}
+
+    def _load(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:  # only os.replace writes it, so this is not ours
+            raise RunError(f"{self.path}: not JSON ({e}); move it away to start afresh") from e
+
+    def write(self) -> None:
+        gemini.write_json_atomic(
+            self.path,
+            {
+                "settings": self.settings,
+                "updated": datetime.datetime.now(datetime.UTC).isoformat(),
+                "failed": self.failed,
+                "warnings": self.warnings,
+                "summary": self.summary,
+            },
+        )
+
+
+def _read_manifest(layout: CorpusLayout, split: SplitSpec) -> tuple[list[ManifestRow], list[str]]:
+    """The manifest and the adapter's warnings (logged, and kept for the summary)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorpusWarning)
+        rows = build_manifest(layout, split)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, CorpusWarning):
+            log.warning("%s", w.message)
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return rows, notes
+
+
+def _keypoint_only_defaults(corpus: str, root: Path) -> tuple[float, tuple[int, int]]:
+    """fps and (H, W) for records without a video file to read them from."""
+    if corpus == "synthetic":
+        from preprocess.synth import CONFIG_JSON
+
+        path = Path(root) / CONFIG_JSON
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            return float(settings["fps"]), (int(settings["height"]), int(settings["width"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{path}: cannot read the synthetic corpus's fps and size: {e}") from e
+    return IMIGUE_FPS, IMIGUE_FRAME_SIZE
+
+
+def _stored_ids(out: Path) -> frozenset[str]:
+    if not (out / MANIFEST).exists():
+        return frozenset()
+    shards = open_shards(out, allow_incomplete=True)
+    try:
+        return frozenset(shards.video_ids)
+    finally:
+        shards.close()
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, CI).
+    bar = tqdm(total=total, desc="preprocess", unit="video", disable=None if enabled else True)
+    try:
+        with logging_redirect_tqdm():
+            yield bar
+    finally:
+        bar.close()
+
+
+class _Labels:
+    """Label requests for every video to build, answered in the background."""
+
+    def __init__(self, config: RunConfig, rows: list[ManifestRow]) -> None:
+        self.results: dict[str, gemini.LabelResult | gemini.Failure] = {}
+        self.items = [gemini.VideoItem(r.video_id, r.video_path, r.label) for r in rows]
+        self._futures: dict[str, concurrent.futures.Future] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if config.labeler == "none" or not self.items:
+            return
+        settings = config.label_settings
+        # A missing key is a setting to fix, found before any work is done.
+        labeler = gemini.Labeler(settings, gemini.resolve_api_key())
+        # More threads than request slots, so hashing and reading the next videos overlaps
+        # the requests in flight; the labeler's semaphore keeps requests at `concurrency`.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            2 * settings.concurrency, thread_name_prefix="label"
+        )
+        for item in self.items:
+            self._futures[item.video_id] = self._pool.submit(labeler.label_one, item)
+
+    @property
+    def enabled(self) -> bool:
+        return self._pool is not None
+
+    def wait(self, video_id: str) -> gemini.LabelResult | gemini.Failure:
+        try:
+            result = self._futures[video_id].result()
+        except Exception as e:  # label_one catches everything; this is a last guard
+            result = gemini.Failure(video_id, "error", f"{type(e).__name__}: {e}")
+        self.results[video_id] = result
+        return result
+
+    def cancel(self, video_id: str) -> None:
+        """Drops a request that has not started: its video failed before it was needed."""
+        future = self._futures.get(video_id)
+        if future is not None and future.cancel():
+            del self._futures[video_id]
+
+    def close(self, *, wait: bool = True) -> None:
+        """Cancels the requests not started; ``wait`` for those in flight."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {}
+        stats = gemini.summarize(self.results, self.items)
+        out = dataclasses.asdict(stats)
+        out["text"] = gemini.format_summary(stats)
+        return out
+
+
+class _Builder:
+    """``build(video_id)`` for ``write_videos``: one record, or None with the failure noted."""
+
+    def __init__(self, config: RunConfig, todo: list[ManifestRow], status: _Status) -> None:
+        self.config = config
+        self.rows = {r.video_id: r for r in todo}
+        self.status = status
+        self.labels: _Labels | None = None  # set once the detector is ready
+        self.bar: Any = None
+        self.fps, self.frame_size = _keypoint_only_defaults(config.corpus, config.root)
+        self._shared_detector: PersonDetector | None = None
+        if config.detector_name != "keypoints" and any(r.video_path is not None for r in todo):
+            # Loaded once, before the first video: missing weights stop the run here.
+            self._shared_detector = make_detector(
+                config.detector_name, weights=config.yolo_weights, device=config.device
+            )
+
+    def __call__(self, video_id: str) -> VideoRecord | None:
+        row = self.rows[video_id]
+        notes: list[str] = []
+        try:
+            record = self._build(row, notes)
+        except _VideoFailed as e:
+            if self.labels is not None:
+                self.labels.cancel(video_id)
+            log.error("video %s failed (%s): %s", video_id, e.step, e.reason)
+            self.status.failed[video_id] = {"step": e.step, "reason": e.reason}
+            self.status.warnings.pop(video_id, None)
+            self.status.write()
+            record = None
+        else:
+            self.status.failed.pop(video_id, None)
+            if notes:
+                self.status.warnings[video_id] = notes
+            else:
+                self.status.warnings.pop(video_id, None)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=len(self.status.failed), refresh=False)
+        return record
+
+    def _build(self, row: ManifestRow, notes: list[str]) -> VideoRecord:
+        config = self.config
+        step = "corpus"  # skeleton files, video properties, transcript
+        try:
+            if row.skeleton_dir is None and row.video_path is not None:
+                row = self._openpose(row, notes)
+            record = next(
+                build_records(
+                    [row],
+                    source=config.corpus,
+                    on_error=config.skeleton_errors,
+                    fps=self.fps,
+                    frame_size=self.frame_size,
+                )
+            )
+            if row.video_path is None:
+                notes.append("no video file: keypoint-only record (no crops, no pseudo label)")
+                return record
+            step = "crops"
+            detector = self._shared_detector or make_detector(
+                "keypoints",
+                keypoints=record.keypoints,
+                keypoint_frames=record.keypoint_frames,
+            )
+            crops = crop_video(row.video_path, detector, config.crop)
+        except _VideoFailed:
+            raise
+        except Exception as e:
+            raise _VideoFailed(step, _reason(e)) from e
+        if not crops.matched.any():
+            notes.append(
+                f"no person found by the {detector.name} detector: crops are of the fallback box"
+            )
+        record.crops = crops.crops
+        record.crop_frames = crops.crop_frames
+        record.boxes = crops.boxes
+        if self.labels is not None and self.labels.enabled:
+            self._add_label(record, notes)
+        try:
+            validate(record)  # here, so a bad record fails its video, not the shard writer
+        except ValueError as e:
+            raise _VideoFailed("record", _reason(e)) from e
+        return record
+
+    def _openpose(self, row: ManifestRow, notes: list[str]) -> ManifestRow:
+        if self.config.openpose_binary is None:
+            notes.append("no OpenPose JSON folder and no OpenPose binary: no keypoint rows")
+            return row
+        from preprocess.openpose_binary import openpose_json_dir
+
+        try:
+            folder = openpose_json_dir(
+                row.video_path,
+                Path(self.config.out) / OPENPOSE_SUBDIR / row.video_id,
+                binary=self.config.openpose_binary,
+                model_folder=self.config.openpose_models,
+            )
+        except Exception as e:
+            raise _VideoFailed("openpose", _reason(e)) from e
+        return dataclasses.replace(row, skeleton_dir=folder)
+
+    def _add_label(self, record: VideoRecord, notes: list[str]) -> None:
+        assert self.labels is not None
+        result = self.labels.wait(record.video_id)
+        if isinstance(result, gemini.LabelResult):
+            for name, value in result.record_fields().items():
+                setattr(record, name, value)
+            return
+        reason = f"{result.reason}: {result.detail}"
+        if not self.config.keep_unlabelled:
+            raise _VideoFailed("label", reason)
+        notes.append(f"no pseudo label ({reason})")
+
+
+# Bad input, reported by its message alone; anything else also logs its traceback.
+_INPUT_ERRORS = (VideoError, OpenPoseError, CorpusError, OSError, ValueError)
+
+
+def _reason(e: BaseException) -> str:
+    """The error's message; an unexpected kind also logs its traceback."""
+    if not isinstance(e, _INPUT_ERRORS):
+        log.error("unexpected error\n%s", "".join(traceback.format_exception(e)))
+    return f"{type(e).__name__}: {e}"
+
+
+def run_corpus(config: RunConfig) -> RunSummary:
+    """Builds the raw shard set of ``config.corpus`` in ``config.out``; see the module doc."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = _stored_ids(out)
+    status = _Status(out, config.record_settings(), stored)
+    rows, corpus_notes = _read_manifest(config.corpus_layout, config.split)
+    by_id = {r.video_id: r for r in rows}
+    todo = [r for r in rows if r.video_id not in stored]
+    skipped = [r.video_id for r in rows if r.video_id in stored]
+    status.warnings.pop("", None)
+    if corpus_notes:
+        status.warnings[""] = corpus_notes
+    for vid in [*skipped, *(set(status.failed) - set(by_id))]:  # stored, or left the corpus
+        status.failed.pop(vid, None)
+    status.write()
+    log.info("%d videos: %d already stored, %d to build", len(rows), len(skipped), len(todo))
+
+    # Settings errors (missing weights, missing API key) stop the run before any work.
+    builder = _Builder(config, todo, status)
+    labels = builder.labels = _Labels(config, [r for r in todo if r.video_path is not None])
+    finished = False
+    try:
+        with _progress_bar(len(todo), config.progress) as builder.bar:
+            description = " ".join(f"{k}={v}" for k, v in status.settings.items())
+            write_videos(
+                [r.video_id for r in todo],
+                builder,
+                out,
+                records_per_shard=config.records_per_shard,
+                description=f"preprocess run: {description}",
+            ).close()
+        finished = True
+    finally:
+        labels.close(wait=finished)
+        try:
+            now_stored = _stored_ids(out)
+        except Exception as e:  # the summary must still be written
+            log.error("cannot read the shard set back: %s", e)
+            now_stored = stored
+        summary = RunSummary(
+            out=str(out),
+            videos=len(rows),
+            # Read back rather than counted: records of an unfinished shard are not stored.
+            done=[r.video_id for r in todo if r.video_id in now_stored],
+            skipped=skipped,
+            failed=dict(status.failed),
+            warnings=dict(status.warnings),
+            labeler=labels.summary(),
+            finished=finished,
+        )
+        status.summary = summary.to_json()
+        status.write()
+    return summary
+
+
+def parse_image_fps(text: str) -> float | str:
+    """``--image-fps``: a positive rate, or ``dense`` for every frame."""
+    if text == "dense":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"image fps {text!r} is neither a positive number nor 'dense'")
+    return value
