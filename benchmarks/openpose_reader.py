@@ -179,9 +179,8 @@ def main() -> None:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(
-        f"{args.frames} frames, {size / args.frames:.0f} B/file, best of {args.repeats}, load {load}"
-    )
+    per_file = size / args.frames
+    print(f"{args.frames} frames, {per_file:.0f} B/file, best of {args.repeats}, load {load}")
     print("| method | wall s | frames/s | vs json.load | CPU s | CPU vs json.load |")
     print("|---|---|---|---|---|---|")
     for r in rows:

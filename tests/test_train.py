@@ -77,8 +77,8 @@ def second_runs(base, env, data_args, first_runs):
     """Runs that start from the image and text stage-1 workdirs, launched together
     (the keypoints run goes on meanwhile): a stage-2 smoke run over those two
     branches (all three would double the compile time), two stage-2 runs that must
-    refuse their init_from, and an image run sent SIGTERM once it has logged 3 steps
-    (its smoke config saves at step 3)."""
+    refuse their init_from, and an image run sent SIGTERM once it has logged 2 steps
+    (it stops within steps 2-5: its smoke config saves at step 3, which takes a while)."""
     stage1 = {b: _finished(first_runs[b], f"stage-1 {b} smoke run") for b in ("image", "text")}
     branches = "--config.branches=('image', 'text')"
     init = [f"--config.init_from.{b}={stage1[b]}" for b in ("image", "text")]
@@ -109,7 +109,7 @@ def second_runs(base, env, data_args, first_runs):
             "pretrain.py:image,smoke", base / "interrupted", *data_args, env=env
         ),
     }
-    _wait_for_rows(runs["interrupted"], 3)
+    _wait_for_rows(runs["interrupted"], 2)
     runs["interrupted"].proc.send_signal(signal.SIGTERM)
     return runs
 
@@ -140,7 +140,7 @@ def _leaves(tree):
 
 
 @pytest.mark.slow
-def test_stage2_smoke_run_starts_from_every_stage1_branch(second_runs):
+def test_stage2_smoke_run_starts_from_the_stage1_branches(second_runs):
     rc, out = second_runs["stage2"].finish()
     assert rc == 0, out[-4000:]
     assert "starting at step 0 from init_from" in out
@@ -180,7 +180,7 @@ def test_sigterm_then_rerun_gives_the_uninterrupted_losses(second_runs, base, en
     stopped = re.search(r"stopped by SIGTERM after step (\d+)", out)
     assert stopped, f"the run was not stopped by SIGTERM:\n{out[-4000:]}"
     stop_step = int(stopped.group(1))
-    assert 3 <= stop_step < SMOKE_STEPS, "SIGTERM arrived too late to test resuming"
+    assert 2 <= stop_step < SMOKE_STEPS, "SIGTERM arrived too late to test resuming"
 
     resumed = launch_train("pretrain.py:image,smoke", base / "interrupted", *data_args, env=env)
     rc, out = resumed.finish()

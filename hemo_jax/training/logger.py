@@ -13,6 +13,8 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
+from hemo_jax.training.tensorboard import ScalarWriter
+
 
 class _NoProgress:
     def update(self, n: int) -> None:
@@ -28,9 +30,7 @@ class MetricLogger:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._writer = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._writer = ScalarWriter(os.path.join(workdir, "tensorboard"))
 
     def text(self, message: str) -> None:
         if self.enabled:
@@ -45,9 +45,12 @@ class MetricLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         step = int(row["step"])
-        for key, value in row.items():
-            if key not in ("kind", "step", "time") and isinstance(value, int | float):
-                self._writer.add_scalar(f"{kind}/{key}", value, step)
+        scalars = {
+            f"{kind}/{key}": float(value)
+            for key, value in row.items()
+            if key not in ("kind", "step", "time") and isinstance(value, int | float)
+        }
+        self._writer.add_scalars(step, scalars)
         self._writer.flush()
         if kind == "eval":
             shown = " ".join(

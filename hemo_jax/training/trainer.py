@@ -95,7 +95,7 @@ class TrainState:
 
     def params(self) -> Any:
         """The model's parameters as a pure dict of arrays (what checkpoints hold)."""
-        return nnx.state(self.model(), nnx.Param).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(self.model(), nnx.Param))
 
 
 def abstract_train_state(
@@ -244,7 +244,7 @@ def make_train_step(
         optimizer.update(model, grads)
         finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         out = dict(sums)
-        out["grad_norm"] = optax.global_norm(grads)
+        out["grad_norm"] = optax.tree.norm(grads)
         out["grad_finite"] = finite
         return nnx.state((model, optimizer)), out
 
@@ -344,8 +344,8 @@ def checkpoint_tree(train_state: TrainState) -> dict[str, Any]:
     """
     model, optimizer = nnx.merge(train_state.graphdef, train_state.state)
     return {
-        "params": _str_keys(nnx.state(model, nnx.Param).to_pure_dict()),
-        "opt": _str_keys(nnx.state(optimizer).to_pure_dict()),
+        "params": _str_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+        "opt": _str_keys(nnx.to_pure_dict(nnx.state(optimizer))),
     }
 
 
@@ -361,11 +361,11 @@ def restore_checkpoint_tree(train_state: TrainState, tree: Mapping[str, Any]) ->
     """A TrainState whose params (and optimizer state, if given) come from ``tree``."""
     model, optimizer = nnx.merge(train_state.graphdef, train_state.state)
     params = nnx.state(model, nnx.Param)
-    params.replace_by_pure_dict(_like(params.to_pure_dict(), tree["params"]))
+    nnx.replace_by_pure_dict(params, _like(nnx.to_pure_dict(params), tree["params"]))
     nnx.update(model, params)
     if "opt" in tree:
         opt_state = nnx.state(optimizer)
-        opt_state.replace_by_pure_dict(_like(opt_state.to_pure_dict(), tree["opt"]))
+        nnx.replace_by_pure_dict(opt_state, _like(nnx.to_pure_dict(opt_state), tree["opt"]))
         nnx.update(optimizer, opt_state)
     state = jax.device_put(nnx.state((model, optimizer)), train_state.shardings)
     return dataclasses.replace(train_state, state=state)
