@@ -129,12 +129,18 @@ def main() -> None:
         for mode, dirs in stage2.items()
     }
     diff = bal["with"] - bal["without"]
+    spread = diff.std()
+    if abs(diff.mean()) <= spread:
+        outcome = "No difference beyond the spread between seeds."
+    elif diff.mean() > 0:
+        outcome = "They helped."
+    else:
+        outcome = "They hurt."
     verdict = (
         f"Pseudo labels, balanced accuracy over {args.seeds} seeds: with "
         f"{bal['with'].mean():.3f} ± {bal['with'].std():.3f}, without "
         f"{bal['without'].mean():.3f} ± {bal['without'].std():.3f}; per-seed difference "
-        f"{', '.join(f'{d:+.3f}' for d in diff)}. "
-        + ("They helped on average." if diff.mean() > 0 else "They did not help on average.")
+        f"{', '.join(f'{d:+.3f}' for d in diff)} (mean {diff.mean():+.3f}). {outcome}"
     )
     best_single = max(metrics_of(stage1[b])["balanced_accuracy"]["value"] for b in BRANCHES)
     fused = metrics_of(stage2["with"][0])["balanced_accuracy"]["value"]
