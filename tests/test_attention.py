@@ -221,9 +221,15 @@ def test_compacted_keys_with_lengths_equal_the_mask():
     # lengths-padding so it runs without a GPU.
     q, k, v, _ = _inputs(2, 24, 40, 2, 8)
     mask = jnp.asarray(_padding("mask", 2, 40)["kv_mask"]).at[-1, 7].set(True)
-    k_c, v_c, lengths = compact_keys(k, v, mask)
+
+    @jax.jit
+    def compacted_and_reference(q, k, v, mask):
+        k_c, v_c, lengths = compact_keys(k, v, mask)
+        out = jax.nn.dot_product_attention(
+            q, k_c, v_c, key_value_seq_lengths=lengths, implementation="xla"
+        )
+        return out, lengths, reference_attention(q, k, v, mask, 8**-0.5)
+
+    out, lengths, ref = compacted_and_reference(q, k, v, mask)
     np.testing.assert_array_equal(lengths, mask.sum(axis=1))
-    out = jax.nn.dot_product_attention(
-        q, k_c, v_c, key_value_seq_lengths=lengths, implementation="xla"
-    )
-    np.testing.assert_allclose(out, reference_attention(q, k, v, mask, 8**-0.5), atol=2e-5)
+    np.testing.assert_allclose(out, ref, atol=2e-5)
