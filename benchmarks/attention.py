@@ -14,10 +14,11 @@ below that; the median is reported. Peak memory on CPU is the process's peak
 resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) at the end, i.e.
 libraries + inputs + compilation + the calls; ``baseline`` is the same figure
 just before compiling (libraries + inputs), so ``peak - baseline`` is what running
-the attention cost. On GPU it is the device's ``peak_bytes_in_use``. PyTorch runs
-with ``torch.set_num_threads(os.cpu_count())``, as many threads as XLA's CPU
-pool. Configs whose [T, T] logits would not fit (``reference``/``xla`` at long
-lengths) are not run and are marked "skipped: O(T^2) memory".
+the attention cost. On GPU: the device's ``peak_bytes_in_use``, and ``bytes_in_use``
+before compiling as the baseline. PyTorch runs with
+``torch.set_num_threads(os.cpu_count())``, as many threads as XLA's CPU pool.
+Configs whose [T, T] logits would not fit (``reference``/``xla`` at long lengths)
+are not run and are marked "skipped: O(T^2) memory".
 
     .venv/bin/python benchmarks/attention.py                # CPU table, 1k..64k
     .venv/bin/python benchmarks/attention.py --quick        # smoke sizes
@@ -67,6 +68,14 @@ def _mem_available() -> float:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
+def _gpu_bytes_limit() -> int:
+    """Asked in a child process: a GPU client in this one would hold memory the
+    workers need."""
+    probe = "import jax; print(jax.devices()[0].memory_stats()['bytes_limit'])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
@@ -108,7 +117,9 @@ def _run_jax(cfg: dict) -> dict:
 
     fn = fwd if cfg["mode"] == "fwd" else jax.grad(loss, argnums=(0, 1, 2))
     jax.block_until_ready((q, k, v))
-    baseline = _peak_rss()
+    device = jax.devices()[0]
+    on_gpu = device.platform == "gpu"
+    baseline = device.memory_stats()["bytes_in_use"] if on_gpu else _peak_rss()
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(q, k, v).compile()
     compile_s = time.perf_counter() - start
@@ -116,8 +127,7 @@ def _run_jax(cfg: dict) -> dict:
         lambda: jax.block_until_ready(compiled(q, k, v)), cfg["repeats"], cfg["warmup"]
     )
     result = {"times_s": times, "compile_s": compile_s, "baseline_bytes": baseline}
-    device = jax.devices()[0]
-    if device.platform == "gpu":
+    if on_gpu:
         result["peak_bytes"] = device.memory_stats()["peak_bytes_in_use"]
         result["device"] = device.device_kind
     else:
@@ -253,11 +263,7 @@ def main() -> None:
     )
     impls = args.impls or (GPU_IMPLS if args.gpu else CPU_IMPLS)
     dtype = "bfloat16" if args.gpu else "float32"
-    budget = _mem_available() * 0.75
-    if args.gpu:
-        import jax
-
-        budget = jax.devices()[0].memory_stats()["bytes_limit"] * 0.9
+    budget = _gpu_bytes_limit() * 0.9 if args.gpu else _mem_available() * 0.75
     command = " ".join([Path(sys.executable).name, *sys.argv])
     started = datetime.datetime.now().astimezone()
     load_start = os.getloadavg()
