@@ -2,23 +2,29 @@
 PyTorch's ``scaled_dot_product_attention`` on the same shapes, in the same run.
 
 Shapes: batch 1, 8 heads, head_dim 64, lengths 1k..64k (float32 on CPU) or 8k..128k
-(bf16, ``--gpu``, with ``cudnn`` and without PyTorch). Two modes: ``fwd`` (the output)
-and ``fwd+bwd`` (gradient of sum(out) with respect to q, k and v).
+(bf16, ``--gpu``, with ``cudnn``; PyTorch then runs bf16 on the CUDA device, where its
+SDPA picks FlashAttention). Two modes: ``fwd`` (the output) and ``fwd+bwd`` (gradient
+of sum(out) with respect to q, k and v).
 
 Method. Every (implementation, length, mode) runs in a fresh subprocess, so one
 config's memory never shows up in another's. In it: inputs are made, then JAX
 compiles ahead of time (``jit(...).lower(...).compile()``; the compile time is
 reported apart), then ``--repeats`` calls are timed with ``block_until_ready`` (one
 call at 32k and above, where a call takes minutes) after one untimed warm-up call
-below that; the median is reported. Peak memory on CPU is the process's peak
+below that; the median is reported. On GPU every length gets the warm-up and the
+repeats, and one timed sample is as many back-to-back calls as fill about 50 ms (the
+count measured from one extra call), divided by that count, so that kernels of
+microseconds are not timed as host dispatch. Peak memory on CPU is the process's peak
 resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) at the end, i.e.
 libraries + inputs + compilation + the calls; ``baseline`` is the same figure
 just before compiling (libraries + inputs), so ``peak - baseline`` is what running
 the attention cost. On GPU: the device's ``peak_bytes_in_use``, and ``bytes_in_use``
-before compiling as the baseline. PyTorch runs with
-``torch.set_num_threads(os.cpu_count())``, as many threads as XLA's CPU pool.
-Configs whose [T, T] logits would not fit (``reference``/``xla`` at long lengths)
-are not run and are marked "skipped: O(T^2) memory".
+before compiling as the baseline (PyTorch: ``torch.cuda.max_memory_allocated`` and
+``memory_allocated``). PyTorch runs with ``torch.set_num_threads(os.cpu_count())``, as
+many threads as XLA's CPU pool. Configs whose [T, T] logits would not fit
+(``reference``/``xla`` at long lengths) are not run and are marked "skipped: O(T^2)
+memory". The results file is rewritten after every config, so a run cut short keeps
+what it measured.
 
     .venv/bin/python benchmarks/attention.py                # CPU table, 1k..64k
     .venv/bin/python benchmarks/attention.py --quick        # smoke sizes
@@ -32,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -44,7 +51,7 @@ BATCH, HEADS, HEAD_DIM = 1, 8, 64
 CPU_LENGTHS = (1024, 4096, 16384, 65536)
 GPU_LENGTHS = (8192, 16384, 32768, 65536, 131072)
 CPU_IMPLS = ("reference", "xla", "blockwise", "torch")
-GPU_IMPLS = ("reference", "xla", "cudnn", "blockwise")
+GPU_IMPLS = ("reference", "xla", "cudnn", "blockwise", "torch")
 MODES = ("fwd", "fwd+bwd")
 # Peak memory over baseline, in [B, H, T, T] float32 logits, of the implementations
 # that materialise them; measured with this script at T=4096 on CPU (2026-11-26).
@@ -68,12 +75,16 @@ def _mem_available() -> float:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
-def _gpu_bytes_limit() -> int:
+def _gpu_bytes_limit() -> int | None:
     """Asked in a child process: a GPU client in this one would hold memory the
-    workers need."""
-    probe = "import jax; print(jax.devices()[0].memory_stats()['bytes_limit'])"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    workers need. None where the device reports no memory (a CPU-only smoke run)."""
+    probe = "import jax; print((jax.devices()[0].memory_stats() or {}).get('bytes_limit', -1))"
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cuda")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    limit = int(out.stdout.strip().splitlines()[-1])
+    return limit if limit > 0 else None
 
 
 def _peak_rss() -> int:
@@ -83,15 +94,22 @@ def _peak_rss() -> int:
 # ---------------------------------------------------------------------- worker side
 
 
-def _time_calls(fn, repeats: int, warmup: bool) -> list[float]:
+def _time_calls(run, repeats: int, warmup: bool, min_sample_s: float = 0.0):
+    """``run(n)`` makes n back-to-back calls and waits for the last. Returns the
+    per-call times of ``repeats`` samples and the calls per sample."""
     if warmup:
-        fn()
+        run(1)
+    calls = 1
+    if min_sample_s > 0:
+        start = time.perf_counter()
+        run(1)
+        calls = max(1, min(1000, round(min_sample_s / max(time.perf_counter() - start, 1e-6))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+        run(calls)
+        times.append((time.perf_counter() - start) / calls)
+    return times, calls
 
 
 def _run_jax(cfg: dict) -> dict:
@@ -123,10 +141,20 @@ def _run_jax(cfg: dict) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(q, k, v).compile()
     compile_s = time.perf_counter() - start
-    times = _time_calls(
-        lambda: jax.block_until_ready(compiled(q, k, v)), cfg["repeats"], cfg["warmup"]
-    )
-    result = {"times_s": times, "compile_s": compile_s, "baseline_bytes": baseline}
+
+    def run(n: int) -> None:
+        out = None
+        for _ in range(n):  # dispatch is asynchronous: the calls queue up on the device
+            out = compiled(q, k, v)
+        jax.block_until_ready(out)
+
+    times, calls = _time_calls(run, cfg["repeats"], cfg["warmup"], cfg.get("min_sample_s", 0.0))
+    result = {
+        "times_s": times,
+        "calls_per_sample": calls,
+        "compile_s": compile_s,
+        "baseline_bytes": baseline,
+    }
     if on_gpu:
         result["peak_bytes"] = device.memory_stats()["peak_bytes_in_use"]
         result["device"] = device.device_kind
@@ -139,11 +167,18 @@ def _run_torch(cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count())
+    # bf16 runs are the GPU table's: on the CUDA device when there is one.
+    half = cfg["dtype"] == "bfloat16"
+    cuda = half and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if half else torch.float32
     gen = torch.Generator().manual_seed(0)
     # torch's layout is [B, H, T, D]; same numbers of heads, length and head_dim.
     shape = (BATCH, HEADS, cfg["length"], HEAD_DIM)
     grad = cfg["mode"] == "fwd+bwd"
-    q, k, v = (torch.randn(shape, generator=gen).requires_grad_(grad) for _ in "qkv")
+    q, k, v = (
+        torch.randn(shape, generator=gen).to(device, dtype).requires_grad_(grad) for _ in "qkv"
+    )
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def call():
@@ -154,15 +189,26 @@ def _run_torch(cfg: dict) -> dict:
             with torch.no_grad():
                 sdpa(q, k, v)
 
-    baseline = _peak_rss()
-    times = _time_calls(call, cfg["repeats"], cfg["warmup"])
-    return {
+    def run(n: int) -> None:
+        for _ in range(n):
+            call()
+        if cuda:
+            torch.cuda.synchronize()
+
+    baseline = torch.cuda.memory_allocated() if cuda else _peak_rss()
+    times, calls = _time_calls(run, cfg["repeats"], cfg["warmup"], cfg.get("min_sample_s", 0.0))
+    result = {
         "times_s": times,
+        "calls_per_sample": calls,
         "compile_s": 0.0,
         "baseline_bytes": baseline,
-        "peak_bytes": _peak_rss(),
+        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else _peak_rss(),
         "torch_threads": torch.get_num_threads(),
+        "torch_device": str(device),
     }
+    if cuda:
+        result["device"] = torch.cuda.get_device_name()
+    return result
 
 
 def worker(cfg: dict) -> None:
@@ -184,16 +230,22 @@ def run_config(cfg: dict, timeout_s: float) -> dict:
     except subprocess.TimeoutExpired:
         return {**cfg, "status": f"failed: over {timeout_s:.0f} s"}
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {**cfg, "status": f"failed: exit {proc.returncode}: {tail[0][:200]}"}
+        return {**cfg, "status": f"failed: exit {proc.returncode}: {_error_line(proc)[:200]}"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {**cfg, **result, "status": "ok", "median_s": statistics.median(result["times_s"])}
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The exception line of a worker's traceback (JAX appends notes after it)."""
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
+    return (errors or lines or ["no output"])[-1]
 
 
 def _cell_time(row: dict | None) -> str:
     if row is None:
         return "-"
-    return f"{row['median_s']:.3g}" if row["status"] == "ok" else row["status"]
+    return f"{row['median_s']:.3g}" if row["status"] == "ok" else row["status"][:90]
 
 
 def _cell_mem(row: dict | None) -> str:
@@ -227,11 +279,11 @@ def markdown(rows: list[dict], gpu: bool) -> str:
     return "\n".join(lines)
 
 
-def _versions(gpu: bool) -> dict:
+def _versions(with_torch: bool) -> dict:
     import jax
 
     versions = {"python": platform.python_version(), "jax": jax.__version__}
-    if not gpu:
+    if with_torch:
         import torch
 
         versions["torch"] = torch.__version__
@@ -263,21 +315,26 @@ def main() -> None:
     )
     impls = args.impls or (GPU_IMPLS if args.gpu else CPU_IMPLS)
     dtype = "bfloat16" if args.gpu else "float32"
-    budget = _gpu_bytes_limit() * 0.9 if args.gpu else _mem_available() * 0.75
+    gpu_limit = _gpu_bytes_limit() if args.gpu else None
+    budget = gpu_limit * 0.9 if gpu_limit else _mem_available() * 0.75
     command = " ".join([Path(sys.executable).name, *sys.argv])
     started = datetime.datetime.now().astimezone()
     load_start = os.getloadavg()
-    rows = []
+    out = args.out or RESULTS / ("attention_gpu.json" if args.gpu else "attention.json")
+    rows, table = [], ""
     for length in lengths:
         for impl in impls:
             for mode in args.modes:
+                # A call at 32k+ takes minutes on CPU; milliseconds on a GPU.
+                slow = length >= 32768 and not args.gpu
                 cfg = {
                     "impl": impl,
                     "length": length,
                     "mode": mode,
                     "dtype": dtype,
-                    "repeats": args.repeats if length < 32768 else 1,
-                    "warmup": length < 32768,
+                    "repeats": 1 if slow else args.repeats,
+                    "warmup": not slow,
+                    "min_sample_s": 0.05 if args.gpu else 0.0,
                     "block_q": args.block_q,
                     "block_k": args.block_k,
                 }
@@ -287,10 +344,14 @@ def main() -> None:
                 else:
                     row = run_config(cfg, args.timeout)
                 rows.append(row)
-                shown = f"{row['median_s']:.3f} s" if row["status"] == "ok" else row["status"]
+                shown = f"{row['median_s']:.3g} s" if row["status"] == "ok" else row["status"]
                 print(f"T={length} {impl} {mode}: {shown}", file=sys.stderr, flush=True)
+                table = markdown(rows, args.gpu)
+                write_results(out, command, started, load_start, rows, table, dtype, impls)
+    print(table)
 
-    table = markdown(rows, args.gpu)
+
+def write_results(out, command, started, load_start, rows, table, dtype, impls) -> None:
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor(),
@@ -302,14 +363,13 @@ def main() -> None:
     gpu_rows = [r for r in rows if r.get("device")]
     if gpu_rows:
         machine["gpu"] = gpu_rows[0]["device"]
-    out = args.out or RESULTS / ("attention_gpu.json" if args.gpu else "attention.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "attention",
         "command": command,
         "date": started.isoformat(timespec="seconds"),
         "machine": machine,
-        "versions": _versions(args.gpu),
+        "versions": _versions("torch" in impls),
         "shape": {"batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM, "dtype": dtype},
         "rows": rows,
         "table": table,
@@ -317,7 +377,6 @@ def main() -> None:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, out)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ numbers formatted as OpenPose writes them: C++ stream default, 6 significant dig
 582.349,507.866,0.845918), then times, in the same run and on the same files:
   json.load loop      open + json.load + numpy per file (what a simple reader does)
   strict parser       `parse_openpose_frame` per file (json + checks, the reference path)
-  read_openpose_dir   the reader as the pipeline uses it (vectorised batches + subject choice)
+  read_openpose_dir   the reader as the pipeline uses it (msgspec + pysimdjson batches, subject
+                      choice)
 Each runs `--repeats` times, interleaved, after one warm-up pass (page cache warm for all);
 the best wall time and the best CPU time count (CPU time is steadier on a shared machine).
 Results go to benchmarks/results/openpose_reader.json and a markdown table.
@@ -138,6 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.frames, args.repeats = 2_000, 1
+    load_before = os.getloadavg()
     directory = tempfile.mkdtemp(prefix="openpose_bench_")
     try:
         size = write_frames(directory, args.frames, args.seed)
@@ -165,8 +167,9 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,
-            **{name: _version(name) for name in ("jax", "torch")},
-            "load_average_after": os.getloadavg(),  # 2 cores shared with other jobs: see CPU s
+            **{name: _version(name) for name in ("jax", "torch", "msgspec", "pysimdjson")},
+            "load_average_before": load_before,  # 2 cores shared with other jobs: see CPU s
+            "load_average_after": os.getloadavg(),
         },
         "frames": args.frames,
         "mean_file_bytes": size / args.frames,
@@ -178,9 +181,10 @@ def main() -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(path + ".tmp", path)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    before, after = (", ".join(f"{x:.1f}" for x in load) for load in (load_before, os.getloadavg()))
     per_file = size / args.frames
-    print(f"{args.frames} frames, {per_file:.0f} B/file, best of {args.repeats}, load {load}")
+    print(f"{args.frames} frames, {per_file:.0f} B/file, best of {args.repeats}")
+    print(f"load average before {before}, after {after} ({os.cpu_count()} CPUs)")
     print("| method | wall s | frames/s | vs json.load | CPU s | CPU vs json.load |")
     print("|---|---|---|---|---|---|")
     for r in rows:

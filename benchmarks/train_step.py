@@ -21,12 +21,18 @@ cores by default. The load average before and after is recorded.
 sequence lengths 4k..32k frames, bf16 compute, on the GPU. Model FLOPs are counted
 analytically (``analytic_train_flops``: 2 x multiply-adds of every matmul and of
 attention's QK^T and PV, forward x 3 for forward + backward); XLA's
-``compiled.cost_analysis()`` figure is recorded beside it, but it omits fused
-attention kernels (cuDNN custom calls), so it is not the MFU basis.
+``cost_analysis()`` of the lowered step is recorded beside it (of the lowered, not the
+compiled step: asking the compiled one would compile it a second time), but it omits
+fused attention kernels (cuDNN custom calls), so it is not the MFU basis. The peak is
+the card's dense bf16 figure from its data sheet, chosen by jax's ``device_kind``
+(``--peak-tflops`` overrides it); the device's peak memory in use after each length
+is recorded too (cumulative over the lengths run so far in this process). The results
+file is rewritten after every length, so a run cut short keeps what it measured.
 
     .venv/bin/python benchmarks/train_step.py            # CPU: demo + long settings
     .venv/bin/python benchmarks/train_step.py --quick    # smoke sizes
     .venv/bin/python benchmarks/train_step.py --gpu      # GPU: 4k..32k frames
+    .venv/bin/python benchmarks/train_step.py --gpu --gpu-lengths 4096 32768
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import jax  # noqa: E402
+import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -61,8 +68,18 @@ NUM_KEYPOINTS = 137
 CPU_SETTINGS = (("demo", 16, 64, 24, 192), ("long", 16, 512, 128, 192))
 QUICK_SETTINGS = (("quick", 4, 32, 8, 32),)
 GPU_LENGTHS = (4096, 8192, 16384, 32768)
-# Dense bf16 peak of a card, FLOP/s, by a substring of jax's device_kind.
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Dense bf16 peak of a card (data sheet, without sparsity), FLOP/s, by a substring of
+# jax's device_kind; the first match wins, so the specific names come first.
+PEAK_BF16 = {
+    "H200": 989.4e12,
+    "H100 PCIe": 756.5e12,
+    "H100 NVL": 835.5e12,
+    "H100": 989.4e12,  # SXM ("NVIDIA H100 80GB HBM3")
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
 
 
 def make_config(batch: int, frames: int, images: int, tokens: int) -> ml_collections.ConfigDict:
@@ -289,16 +306,21 @@ def analytic_train_flops(config: ml_collections.ConfigDict) -> float:
     return 3 * fwd * d.batch_size
 
 
-def run_gpu(args) -> list[dict[str, Any]]:
+def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
     gpu = [dv for dv in jax.devices() if dv.platform == "gpu"]
     if not gpu and not args.quick:
         raise SystemExit("--gpu needs a GPU (jax.devices() has none); --quick runs the path on CPU")
-    kind = (gpu or jax.devices())[0].device_kind
+    device = (gpu or jax.devices())[0]
+    kind = device.device_kind
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    source = "--peak-tflops" if peak else None
     if peak is None:
-        peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
-    lengths = (64, 128) if args.quick else GPU_LENGTHS
-    rows = []
+        match = next((k for k in PEAK_BF16 if k in kind), None)
+        peak = PEAK_BF16.get(match) if match else None
+        source = f"data sheet dense bf16, device_kind matched {match!r}" if match else None
+    lengths = args.gpu_lengths or ((64, 128) if args.quick else GPU_LENGTHS)
+    result = {"device_kind": kind, "peak_flops": peak, "peak_flops_source": source, "rows": []}
+    rows = result["rows"]
     for length in lengths:
         config = make_config(args.gpu_batch, length, 128 if not args.quick else 8, 192)
         config.train.compute_dtype = "bfloat16"
@@ -331,23 +353,28 @@ def run_gpu(args) -> list[dict[str, Any]]:
             )
         except Exception as err:  # an out-of-memory length is a result, not a crash
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        stats = device.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            row["device_peak_bytes_so_far"] = stats["peak_bytes_in_use"]
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "step_s"}), flush=True)
-    return [{"device_kind": kind, "peak_flops": peak, "rows": rows}]
+        if on_row is not None:
+            on_row(result)
+    return [result]
 
 
 def xla_flops(step: JaxStep) -> float | None:
-    """XLA's own count for the compiled step (misses custom calls such as cuDNN attention)."""
+    """XLA's own count for the lowered step (misses custom calls such as cuDNN attention)."""
     # make_train_step returns a wrapper that enters the mesh; the jitted step is its closure.
     jitted = inspect.getclosurevars(step.step_fn).nonlocals.get("jitted")
     if jitted is None:
         return None
     rng = jax.random.key(0)
     with jax.set_mesh(step.mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        cost = jitted.lower(step.state, step.batch, rng).compile().cost_analysis()
+        cost = jitted.lower(step.state, step.batch, rng).cost_analysis()
     if isinstance(cost, list):
         cost = cost[0] if cost else {}
-    return float(cost.get("flops", 0.0)) or None
+    return float((cost or {}).get("flops", 0.0)) or None
 
 
 def _torch_name(path: tuple[str, ...]) -> str:
@@ -445,7 +472,7 @@ def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", ""),
+        "jaxlib": jaxlib.__version__,
         "flax": flax.__version__,
         "torch": torch.__version__,
     }
@@ -467,17 +494,23 @@ def print_cpu_table(rows: list[dict[str, Any]]) -> None:
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
-    print(f"\n{result['device_kind']}, bf16 peak {result['peak_flops']}")
-    print("| frames | batch | steps/s | samples/s | model TFLOP/step | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|")
+    peak, source = result["peak_flops"], result["peak_flops_source"]
+    print(f"\n{result['device_kind']}, bf16 peak {peak} FLOP/s ({source})")
+    print(
+        "| frames | batch | steps/s | samples/s | model TFLOP/step | TFLOP/s | MFU | peak mem GB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
+        mem = r.get("device_peak_bytes_so_far")
+        mem = "-" if mem is None else f"{mem / 1e9:.1f}"
         if "error" in r:
-            print(f"| {r['frames']} | {r['batch']} | {r['error'][:60]} | | | | |")
+            print(f"| {r['frames']} | {r['batch']} | {r['error'][:60]} | | | | | {mem} |")
             continue
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(
             f"| {r['frames']} | {r['batch']} | {r['steps_per_s']:.2f} | {r['samples_per_s']:.2f} | "
-            f"{r['model_flops_per_step'] / 1e12:.3f} | {r['achieved_tflops']:.2f} | {mfu} |"
+            f"{r['model_flops_per_step'] / 1e12:.3f} | {r['achieved_tflops']:.2f} | {mfu} | "
+            f"{mem} |"
         )
 
 
@@ -499,6 +532,7 @@ def main() -> None:
         "--settings", nargs="+", default=[s[0] for s in CPU_SETTINGS], help="CPU settings to run"
     )
     p.add_argument("--gpu-batch", type=int, default=4)
+    p.add_argument("--gpu-lengths", type=int, nargs="+", help="keypoint frames (default 4k..32k)")
     p.add_argument("--gpu-width", type=int, default=256)
     p.add_argument("--gpu-heads", type=int, default=4)
     p.add_argument("--gpu-depth", type=int, default=4)
@@ -514,32 +548,34 @@ def main() -> None:
     if args.check:
         print(json.dumps(check_equivalence(), indent=2))
         return
+
+    def save(payload: dict[str, Any], out: Path) -> None:
+        payload.update(
+            command=" ".join([".venv/bin/python", *sys.argv]),
+            date=started,
+            machine={
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "jax_devices": [str(dv) for dv in jax.devices()],
+            },
+            versions=versions(),
+            loadavg_before=load_before,
+            loadavg_after=os.getloadavg(),
+            settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
+        )
+        write_json(out, payload)
+
     if args.gpu:
-        result = run_gpu(args)[0]
+        out = args.out or RESULTS / "train_step_gpu.json"
+        result = run_gpu(args, on_row=lambda partial: save({"mode": "gpu", **partial}, out))[0]
         print_gpu_table(result)
-        payload: dict[str, Any] = {"mode": "gpu", **result}
-        default_out = RESULTS / "train_step_gpu.json"
+        save({"mode": "gpu", **result}, out)
     else:
         rows = run_cpu(args)
         print_cpu_table(rows)
-        payload = {"mode": "cpu", "rows": rows}
-        default_out = RESULTS / ("train_step_quick.json" if args.quick else "train_step.json")
-    payload.update(
-        command=" ".join([".venv/bin/python", *sys.argv]),
-        date=started,
-        machine={
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "jax_devices": [str(dv) for dv in jax.devices()],
-        },
-        versions=versions(),
-        loadavg_before=load_before,
-        loadavg_after=os.getloadavg(),
-        settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
-    )
-    out = args.out or default_out
-    write_json(out, payload)
+        out = args.out or RESULTS / ("train_step_quick.json" if args.quick else "train_step.json")
+        save({"mode": "cpu", "rows": rows}, out)
     print(f"\nwrote {out}")
 
 

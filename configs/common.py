@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 16
     c.data.eval_batch_size = 16
     c.data.max_frames = 512  # keypoint window length
+    c.data.frame_stride = 1  # every k-th keypoint row: a window spans max_frames * k rows
     c.data.max_images = 128  # image-feature window length
     c.data.eval_windows = 3  # evenly spaced windows per video at evaluation
     c.data.num_workers = 0

@@ -25,7 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.branches = common.BRANCHES if stage == "fused" else (stage,)
     c.data.batch_size = 16
     c.data.eval_batch_size = 16
-    c.data.max_frames = 64
+    # 48 rows two apart span ~19 s of the demo's 5 fps interviews, most of one.
+    c.data.max_frames = 48
+    c.data.frame_stride = 2
     c.data.max_images = 24
     c.data.eval_windows = 2
     # The labeler's reasoning carries its judgement; the text branch reads it with the transcript.
@@ -36,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.heads = 4
     c.model.dropout = 0.1
     c.model.image_feature_dim = 384
-    c.model.keypoint_channels = 16
+    c.model.keypoint_channels = 8
     c.model.keypoint_depth = 1
     c.model.keypoint_stream_width = 64
     c.optim.lr = 1e-3

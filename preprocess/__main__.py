@@ -156,7 +156,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
     from preprocess.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
-    from preprocess.gemini import DEFAULT_MODEL, LabelerConfig
+    from preprocess.label_config import DEFAULT_MODEL, LabelerConfig
     from preprocess.run import CORPORA, DEFAULT_DETECTOR, LABEL_CACHE_SUBDIR, LABELERS
     from preprocess.video import DEFAULT_IMAGE_FPS
 
@@ -230,7 +230,7 @@ def _run_run(args: argparse.Namespace) -> int:
     import logging
 
     from preprocess.detect import CropParams
-    from preprocess.gemini import LabelerConfig, MissingAPIKeyError
+    from preprocess.label_config import LabelerConfig, MissingAPIKeyError
     from preprocess.run import (
         LABEL_CACHE_SUBDIR,
         RunConfig,

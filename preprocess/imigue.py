@@ -404,23 +404,14 @@ def build_manifest(layout: CorpusLayout, split: SplitSpec | None = None) -> list
 
 
 def video_properties(path: Path) -> tuple[float, tuple[int, int]]:
-    """(fps, (H, W)) of a video file, read with OpenCV."""
-    import cv2
+    """(fps, (H, W)) of a video file, from its container (``preprocess.video``)."""
+    from preprocess.video import VideoError, VideoReader
 
-    capture = cv2.VideoCapture(str(path))
     try:
-        if not capture.isOpened():
-            raise CorpusError(f"{path}: OpenCV cannot open this video")
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-        size = (
-            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-        )
-    finally:
-        capture.release()
-    if not fps > 0 or min(size) <= 0:
-        raise CorpusError(f"{path}: unreadable fps {fps} or frame size {size}")
-    return fps, size
+        with VideoReader(path) as reader:
+            return reader.info.fps, reader.info.frame_size
+    except VideoError as error:
+        raise CorpusError(f"{path}: {error.reason}") from error
 
 
 def build_records(

@@ -6,22 +6,25 @@ stay gaps: `frames` holds the real source index of every row.
 
 Two parsers give bit-identical results. `parse_openpose_frame` is the strict one (`json.loads`,
 then shape and type checks) and the source of every error message. The batch parser reads many
-files at once: it cuts out the innermost lists, checks what is left of each file (its skeleton)
-with `json.loads`, and parses all numbers together with numpy (see `_parse_numbers`). A file it
-cannot vouch for goes to the strict parser.
+files at once: msgspec checks each file against the frame layout (the JSON grammar and the
+last-key-wins rule of `json.loads`) and hands back each person's keypoint lists as raw text;
+pysimdjson reads the lists of all the files as one document and turns their numbers into
+float64 (both round correctly, as `float()` does). A file it cannot vouch for goes to the strict
+parser.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
+import operator
 import os
-import re
 from typing import Literal
 
+import msgspec
 import numpy as np
+import simdjson
 
 from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 
@@ -31,14 +34,19 @@ SECTIONS = (
     ("hand_left_keypoints_2d", LEFT_HAND),
     ("hand_right_keypoints_2d", RIGHT_HAND),
 )
-_SECTION_INDEX = {key: i for i, (key, _) in enumerate(SECTIONS)}
-_SECTION_START = np.array([rows.start * 3 for _, rows in SECTIONS])
-_SECTION_SIZE = np.array([(rows.stop - rows.start) * 3 for _, rows in SECTIONS])
-_FILE_RE = re.compile(r"(?:(.*)_)?(\d+)_keypoints\.json")
-_NUMBER_RE = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
-_SPLIT_NUMBER_RE = re.compile(rb"[^ \t\n\r,][ \t\n\r]+[^ \t\n\r,]")  # "1 2" is no JSON
-_POW10 = 10.0 ** np.arange(16)  # exact in float64
-_BATCH = 64  # files per batch: amortises numpy calls, keeps the arrays in cache
+_SECTION_SIZES = [(rows.stop - rows.start) * 3 for _, rows in SECTIONS]
+_NOBODY = np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
+_BATCH = 256  # files per batch: amortises the numpy and simdjson calls
+
+# The batch parser's view of a frame: the 2-D keypoint lists of each person as raw JSON text (an
+# absent list reads as empty, an empty one as its zeros); msgspec checks the whole file, and
+# skips every other field.
+_EMPTY_LIST = msgspec.Raw(b"[]")
+_ZERO_LISTS = [b"[" + b",".join([b"0"] * size) + b"]" for size in _SECTION_SIZES]
+_Person = msgspec.defstruct("_Person", [(key, msgspec.Raw, _EMPTY_LIST) for key, _ in SECTIONS])
+_Frame = msgspec.defstruct("_Frame", [("people", list[_Person])])
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+_person_lists = operator.attrgetter(*(key for key, _ in SECTIONS))
 
 
 class OpenPoseError(ValueError):
@@ -124,29 +132,34 @@ def read_openpose_dir(
     if len(paths) > 4 * _BATCH:
         _keep_freed_memory()
     keypoints = np.zeros((len(paths), NUM_KEYPOINTS, 3), np.float32)
-    choose, skipped, empty, multi = _MainSubject(), [], 0, 0
+    choose, skipped, nobody, multi = _MainSubject(), [], 0, 0
     for start in range(0, len(paths), _BATCH):
         batch = paths[start : start + _BATCH]
         docs = [_read_bytes(p) for p in batch]
-        parsed = _parse_batch(docs)
-        for row, (p, doc, people) in enumerate(zip(batch, docs, parsed, strict=True), start):
+        people = _parse_batch(docs)
+        for i in [i for i, found in enumerate(people) if found is None]:
             try:
-                if isinstance(doc, OSError):
-                    raise OpenPoseError(p, f"cannot read: {doc}")
-                if people is None:
-                    people = parse_openpose_frame(doc, source=p)
+                people[i] = _read_strictly(batch[i], docs[i])
             except OpenPoseError:
                 if on_error == "raise":
                     raise
-                skipped.append(os.path.basename(p))
-                continue
-            empty += len(people) == 0
-            multi += len(people) > 1
-            if len(people):
-                keypoints[row] = choose(people)
+                skipped.append(os.path.basename(batch[i]))
+                people[i] = _NOBODY  # a zero row, and the previous choice stays
+        counts = [len(found) for found in people]
+        nobody += counts.count(0)
+        multi += len(counts) - counts.count(0) - counts.count(1)
+        keypoints[start : start + len(batch)] = choose(people)
     gaps = int(frames[-1] - frames[0] + 1 - len(frames))
+    empty = nobody - len(skipped)  # a skipped file is no frame with nobody
     summary = OpenPoseSummary(len(paths), empty, multi, tuple(skipped), gaps)
     return OpenPoseSequence(keypoints, frames, summary)
+
+
+def _read_strictly(path: str, doc: bytes | OSError) -> np.ndarray:
+    if isinstance(doc, OSError):
+        raise OpenPoseError(path, f"cannot read: {doc}")
+    people = parse_openpose_frame(doc, source=path)
+    return np.array(people, np.float32).reshape(-1, NUM_KEYPOINTS, 3)
 
 
 class _MainSubject:
@@ -158,31 +171,72 @@ class _MainSubject:
     previous choice, or nobody sharing a keypoint, the largest and surest person: highest
     sqrt(box area of the seen keypoints) * mean body confidence. Ties go to the first listed.
     Frames with nobody leave the previous choice in place.
+
+    The rule runs in two steps, so that numpy sees many frames at once: first, for every frame
+    with several people, the choice it would make after each person of the frame before (a
+    table), then one pass through the frames that follows the table.
     """
 
     def __init__(self):
-        self.previous: np.ndarray | None = None
+        # The last choice; at first an unseen person, who shares a keypoint with nobody.
+        self.previous = np.zeros((NUM_KEYPOINTS, 3), np.float32)
 
-    def __call__(self, people: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        index = 0 if len(people) == 1 else self._pick(np.asarray(people)[:, BODY])
-        self.previous = people[index]
-        return self.previous
+    def __call__(self, frames: list[np.ndarray]) -> np.ndarray:
+        """People [n, 137, 3] of successive frames -> the main subject of each, zeros if nobody."""
+        counts = np.array([len(people) for people in frames])
+        # Every person in turn, then an unseen stand-in that pads ragged frames, then the last
+        # choice before these frames.
+        unseen = np.zeros((1, NUM_KEYPOINTS, 3), np.float32)
+        everyone = np.concatenate([*frames, unseen, self.previous[None]], dtype=np.float32)
+        pad, last = len(everyone) - 2, len(everyone) - 1
+        first = np.cumsum(counts) - counts  # of each frame's people in `everyone`
+        shown = np.flatnonzero(counts)
+        # Frames with several people, and the candidates for the previous choice: the people of
+        # the prior frame with people (the last choice, for the first such frame).
+        several = np.flatnonzero(counts > 1)
+        k = np.searchsorted(shown, several)  # place among the frames with people
+        after_first, prior = k > 0, shown[np.maximum(k - 1, 0)]
+        start = np.where(after_first, first[prior], last)
+        body = everyone[:, BODY]
+        person = _padded(first[several], counts[several], pad)  # [m, P]
+        candidate = _padded(start, np.where(after_first, counts[prior], 1), pad)  # [m, S]
+        closest, anyone = self._closest(body[person][:, :, None], body[candidate][:, None])
+        choice = np.where(anyone, closest, self._largest(body[person])[:, None]).tolist()
+        # choice[m][j]: whom the m-th such frame picks after candidate j; now follow the frames.
+        row_of = {f: m for m, f in enumerate(several.tolist())}
+        first, start, rows, chosen = first.tolist(), start.tolist(), [pad] * len(frames), last
+        for f in shown.tolist():
+            m = row_of.get(f)
+            chosen = first[f] if m is None else first[f] + choice[m][chosen - start[m]]
+            rows[f] = chosen
+        self.previous = everyone[chosen]
+        return everyone[rows]
 
-    def _pick(self, body: np.ndarray) -> int:
+    @staticmethod
+    def _closest(body: np.ndarray, previous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[..., 25, 3] people against previous choices -> closest person, and whether anyone
+        shares a seen keypoint with it, along axis 1."""
+        shared = (body[..., 2] > 0) & (previous[..., 2] > 0)
+        count = shared.sum(-1)
+        gap = np.hypot(body[..., 0] - previous[..., 0], body[..., 1] - previous[..., 1])
+        mean = (gap * shared).sum(-1) / np.maximum(count, 1)
+        return np.where(count > 0, mean, np.inf).argmin(1), (count > 0).any(1)
+
+    @staticmethod
+    def _largest(body: np.ndarray) -> np.ndarray:
+        """[m, P, 25, 3] -> the largest and surest person of each row."""
         seen = body[..., 2] > 0
-        if self.previous is not None:
-            previous = self.previous[BODY]
-            shared = seen & (previous[:, 2] > 0)
-            count = shared.sum(1)
-            if count.any():
-                gap = np.hypot(body[..., 0] - previous[:, 0], body[..., 1] - previous[:, 1])
-                mean = (gap * shared).sum(1) / np.maximum(count, 1)
-                return int(np.where(count > 0, mean, np.inf).argmin())
         x, y = body[..., 0], body[..., 1]
-        width = np.where(seen, x, -np.inf).max(1) - np.where(seen, x, np.inf).min(1)
-        height = np.where(seen, y, -np.inf).max(1) - np.where(seen, y, np.inf).min(1)
-        size = np.sqrt(np.where(seen.any(1), width * height, 0))
-        return int((size * body[..., 2].mean(1)).argmax())
+        width = np.where(seen, x, -np.inf).max(-1) - np.where(seen, x, np.inf).min(-1)
+        height = np.where(seen, y, -np.inf).max(-1) - np.where(seen, y, np.inf).min(-1)
+        size = np.sqrt(np.where(seen.any(-1), width * height, 0))
+        return (size * body[..., 2].mean(-1)).argmax(-1)
+
+
+def _padded(start: np.ndarray, count: np.ndarray, pad: int) -> np.ndarray:
+    """Rows of consecutive indices start[i], start[i] + 1, .. (count[i] of them), then `pad`."""
+    step = np.arange(max(count.max(initial=0), 1))
+    return np.where(step < count[:, None], start[:, None] + step, pad)
 
 
 def _list_frames(directory: str) -> tuple[list[str], np.ndarray]:
@@ -193,29 +247,29 @@ def _list_frames(directory: str) -> tuple[list[str], np.ndarray]:
     for name in os.listdir(directory):
         if not name.endswith("_keypoints.json"):
             continue
-        match = _FILE_RE.fullmatch(name)
-        if match is None:
+        video, _, number = name[: -len("_keypoints.json")].rpartition("_")
+        if not number.isdecimal():
             raise OpenPoseError(os.path.join(directory, name), "no frame number before _keypoints")
-        frame = int(match[2])
+        frame = int(number)
         if frame in found:
             raise OpenPoseError(directory, f"frame {frame} twice: {found[frame]} and {name}")
         found[frame] = name
-        prefixes.setdefault(match[1] or "", name)
+        prefixes.setdefault(video, name)
     if not found:
         raise OpenPoseError(directory, "no *_keypoints.json files")
     if len(prefixes) > 1:
         raise OpenPoseError(directory, f"files of several videos: {sorted(prefixes.values())[:3]}")
     if max(found) > np.iinfo(np.int32).max:
         raise OpenPoseError(os.path.join(directory, found[max(found)]), "frame number too big")
-    frames = sorted(found)
-    return [os.path.join(directory, found[f]) for f in frames], np.array(frames, np.int32)
+    frames, folder = sorted(found), os.path.join(directory, "")
+    return [folder + found[f] for f in frames], np.array(frames, np.int32)
 
 
 @functools.cache
 def _keep_freed_memory() -> None:
     # glibc returns freed memory above its trim threshold to the OS, so every batch page-faults
-    # its arrays in anew: ~25 faults per file, half the reader's time on a VM. Freeing one 16 MiB
-    # block once raises glibc's dynamic mmap/trim thresholds (other allocators ignore it).
+    # its arrays in anew: ~4 faults per file, a sixth of the reader's time on a VM. Freeing one
+    # 16 MiB block once raises glibc's dynamic mmap/trim thresholds (other allocators ignore it).
     np.empty(16 << 20, np.uint8)  # allocated and freed at once, never touched
 
 
@@ -235,159 +289,47 @@ def _read_bytes(path: str) -> bytes | OSError:
 
 def _parse_batch(docs: list[bytes | OSError]) -> list[np.ndarray | None]:
     """Many files at once -> float32 [people, 137, 3] per file, or None: use the strict parser."""
-    texts = [d if isinstance(d, bytes) else b"" for d in docs]
-    joined, offsets = b"".join(texts), [0, *itertools.accumulate(map(len, texts))]
-    lo, hi, doc, bad = _innermost_lists(joined, offsets)
-    span = np.searchsorted(doc, np.arange(len(docs) + 1)).tolist()  # file d: lists span[d]:..
-    lo_list, hi_list, roles, n_people = lo.tolist(), hi.tolist(), [], np.zeros(len(docs), int)
-    for d in range(len(docs)):  # each file's structure, from its skeleton
-        a, b = span[d], span[d + 1]
-        cuts = zip([offsets[d], *hi_list[a:b]], [*lo_list[a:b], offsets[d + 1]], strict=True)
-        plan = None if bad[d] else _plan(b"".join([joined[s:e] for s, e in cuts]))
-        if plan is None or len(plan[1]) != b - a:
-            bad[d] = True
-            roles.append(np.full(b - a, -1))
-        else:
-            n_people[d] = plan[0]
-            roles.append(plan[1])
-    role = np.concatenate([*roles, np.zeros(0, int)])
-    contents = [joined[s:e] for s, e in zip(lo_list, hi_list, strict=True)]
-    text = b",".join([c for c in contents if c])
-    if any(w in text for w in (b" ", b"\t", b"\n", b"\r")):
-        contents = [_strip_whitespace(c) for c in contents]
-        text = b",".join([c for c in contents if c])
-    # All numbers in one text: list i holds count[i] of them, from number first[i] on.
-    size = np.fromiter(map(len, contents), int, len(contents))
-    filled = size > 0
-    values, ends, ok = _parse_numbers(text) if text else (np.zeros(0), np.zeros(0, int), None)
-    first, count = np.zeros(len(contents), int), np.zeros(len(contents), int)
-    first[filled] = np.searchsorted(ends, np.cumsum(size[filled] + 1) - size[filled] - 1)
-    count[filled] = np.diff(np.append(first[filled], len(ends)))
-    if ok is not None and not ok.all():
-        broken = np.searchsorted(first[filled], np.flatnonzero(~ok), "right") - 1
-        bad[doc[np.flatnonzero(filled)[broken]]] = True
-    section = np.where(role >= 0, role % 4, 0)
-    bad[doc[(role >= 0) & (count != 0) & (count != _SECTION_SIZE[section])]] = True
-    bad[doc[(role == -2) & (count != 0)]] = True  # "people": [4] is no empty list
-    n_people[bad] = 0
-    base = np.cumsum(np.append(0, n_people))
-    used = (role >= 0) & (count > 0) & ~bad[doc]  # keypoint lists of files the fast path takes
-    n = count[used]
-    step = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0, 1, .. within each list
-    target = (base[doc[used]] + role[used] // 4) * NUM_KEYPOINTS * 3 + _SECTION_START[section[used]]
-    out = np.zeros((base[-1], NUM_KEYPOINTS, 3), np.float32)
-    out.reshape(-1)[np.repeat(target, n) + step] = values[np.repeat(first[used], n) + step]
-    return [None if bad[d] else out[base[d] : base[d + 1]] for d in range(len(docs))]
-
-
-def _innermost_lists(joined: bytes, offsets: list[int]) -> tuple[np.ndarray, ...]:
-    """Lists with no list inside (OpenPose keeps its numbers there): joined[lo:hi], their file,
-    and the files the fast path must not take (a list cut off by truncation)."""
-    u = np.frombuffer(joined, np.uint8)
-    brackets = np.flatnonzero((u == 91) | (u == 93))
-    opening = u[brackets] == 91
-    inner = np.flatnonzero(opening[:-1] & ~opening[1:])
-    lo, hi = brackets[inner] + 1, brackets[inner + 1]
-    doc = np.searchsorted(offsets, lo - 1, "right") - 1
-    bad = np.zeros(len(offsets) - 1, bool)
-    crossing = doc != np.searchsorted(offsets, hi, "right") - 1
-    bad[doc[crossing]] = bad[np.searchsorted(offsets, hi[crossing], "right") - 1] = True
-    return lo, hi, doc, bad
-
-
-def _strip_whitespace(content: bytes) -> bytes:
-    if not any(w in content for w in (b" ", b"\t", b"\n", b"\r")):
-        return content
-    return b"?" if _SPLIT_NUMBER_RE.search(content) else content.translate(None, b" \t\n\r")
-
-
-@functools.lru_cache(maxsize=1024)
-def _plan(skeleton: bytes) -> tuple[int, np.ndarray] | None:
-    """What each list of a file holds, read from the file with its list contents cut out.
-
-    Returns the number of people and, per list in file order, person * 4 + section (-1: a list
-    the reader ignores, -2: an empty "people" list). None when the fast path cannot vouch for
-    the file: not JSON, another structure, a string value (it could hide a bracket; one in a key
-    leaves a list count that does not match) or a repeated key (lists go missing).
-    """
+    found = [_keypoint_lists(doc) for doc in docs]
+    lists = [raw for f in found if f for raw in f]
     try:
-        data = json.loads(skeleton)
-    except (ValueError, UnicodeDecodeError):
+        values = _numbers(b"[" + b",".join(lists) + b"]", len(lists))
+    except (TypeError, ValueError, RuntimeError):  # rare: find the file at fault, and let the
+        # strict parser decide on it
+        return [_parse_batch([doc])[0] for doc in docs] if len(docs) > 1 else [None]
+    people = values.reshape(-1, NUM_KEYPOINTS, 3)  # the lists of a person fill its rows in turn
+    base = np.cumsum([0] + [len(f) // 4 if f else 0 for f in found]).tolist()
+    return [f if f is None else people[base[d] : base[d + 1]] for d, f in enumerate(found)]
+
+
+def _keypoint_lists(doc: bytes | OSError) -> list[msgspec.Raw | bytes] | None:
+    """One file's 2-D keypoint lists as raw JSON text (any JSON value so far), 4 per person in
+    SECTIONS order, an empty list as its zeros; None when msgspec finds no OpenPose frame."""
+    if not isinstance(doc, bytes) or not doc.isascii():  # json.loads also checks UTF-8 in strings
         return None
-    people = data.get("people") if isinstance(data, dict) else None
-    if not isinstance(people, list) or not all(isinstance(p, dict) for p in people):
+    try:
+        people = _decode_frame(doc).people
+    except msgspec.DecodeError:
         return None
-    persons, roles = {id(p): i for i, p in enumerate(people)}, []
-
-    def walk(node: object, role: int) -> bool:
-        if isinstance(node, str):
-            return False
-        if isinstance(node, list):
-            roles.extend([role] if not node else [])
-            return all(walk(v, -1) for v in node)
-        if isinstance(node, dict):
-            person = persons.get(id(node))
-            for key, value in node.items():
-                section = _SECTION_INDEX.get(key, -1) if person is not None else -1
-                if section >= 0 and value != []:
-                    return False
-                role = person * 4 + section if section >= 0 else -2 if value is people else -1
-                if not walk(value, role):
-                    return False
-        return True
-
-    return (len(people), np.array(roles, int)) if walk(data, -1) else None
+    lists = [raw for person in people for raw in _person_lists(person)]
+    if _EMPTY_LIST in lists:  # read as its zeros (`[ ]` is left to the strict parser)
+        lists = [_ZERO_LISTS[i % 4] if raw == _EMPTY_LIST else raw for i, raw in enumerate(lists)]
+    return lists
 
 
-def _parse_numbers(text: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Comma-separated JSON numbers, no whitespace -> float32 values, end of each, parsed ok.
-
-    The text splits at commas and dots into digit runs; a run of <= 8 digits becomes an integer
-    by SWAR arithmetic on one 8-byte word. A number I.F is then (I * 10**len(F) + F) / 10**len(F):
-    exact operands below 2**53, so one correctly rounded division, as float() gives it. Numbers
-    outside that (exponents, longer runs) go through float(); not a JSON number: ok is False.
-    """
-    buf = text + b"," + bytes(8)  # the comma ends the last number; zeros pad its word
-    u = np.frombuffer(buf, np.uint8)[: len(text) + 1]
-    take = np.take  # plain gathers: faster than fancy indexing
-    seps = np.flatnonzero((u | 2) == 46)  # ',' (44) and '.' (46): no other byte ORs to 46
-    is_dot = take(u, seps) == 46
-    follows_dot = np.concatenate([[False], is_dot])  # run i (between seps i-1 and i) follows a dot
-    run_start = np.concatenate([[0], seps[:-1] + 1])
-    negative = take(u, run_start) == 45
-    run_start += negative
-    length = seps - run_start
-    word = take(np.ndarray((len(buf) - 7,), "S8", buf, strides=(1,)), run_start).view("<u8")
-    # The run's digits moved to the top bytes (its last digit weighs 1), then digit pairs folded
-    # into 2-, 4- and 8-digit numbers (no carries: every partial number stays below its lane).
-    value = (word << (64 - 8 * length).astype(np.uint64)) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    value = ((value * np.uint64(10 << 8 | 1)) >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)
-    value = ((value * np.uint64(100 << 16 | 1)) >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)
-    value = ((value * np.uint64(10**4 << 32 | 1)) >> np.uint64(32)).astype(np.float64)
-    last = np.flatnonzero(~is_dot)  # each comma ends a number, and its last run
-    ends, dotted = take(seps, last), take(follows_dot, last)
-    whole = last - dotted  # the run of the integer digits
-    n_frac = take(length, last) * dotted
-    power = take(_POW10, np.minimum(n_frac, 8))
-    numbers = (take(value, whole) * power + take(value, last) * dotted) / power
-    sign = take(negative, whole)  # json reads "-0" as the int 0
-    np.negative(numbers, out=numbers, where=sign & (dotted | (numbers != 0)))
-    # JSON grammar, run by run: 1 to 8 digits (else float() decides), one dot, sign and leading
-    # zero only on the integer part; any other byte, or a sign elsewhere, is caught below.
-    bad = ((length - 1).astype(np.uint64) > 7) | ((is_dot | negative) & follows_dot[:-1])
-    bad |= ((word & np.uint64(0xFF)) == 48) & (length > 1) & ~follows_dot[:-1]  # 1st digit 0
-    ok = take(length, whole) + n_frac <= 15  # I * 10**len(F) + F stays exact
-    if bad.any():
-        ok[np.searchsorted(ends, seps[bad])] = False
-    minus = u == 45
-    if ((u - 44) > 13).any() or (u == 47).any() or np.count_nonzero(minus) != negative.sum():
-        # a byte that no JSON number has (only ,-.0-9 are), or a sign inside a number
-        stray = ((u - 44) > 13) | (u == 47) | (minus & (np.append(44, u[:-1]) != 44))
-        ok[np.searchsorted(ends, np.flatnonzero(stray))] = False
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    with np.errstate(over="ignore"):  # beyond float32: not ok, the strict parser says why
-        for i in np.flatnonzero(~ok).tolist():  # exponents, long numbers, or no number at all
-            token = text[starts[i] : ends[i]]
-            if _NUMBER_RE.fullmatch(token) and np.isfinite(np.float32(number := float(token))):
-                numbers[i], ok[i] = number, True
-    return numbers.astype(np.float32), ends, ok
+def _numbers(text: bytes, n: int) -> np.ndarray:
+    """`[list,list,..]` of n keypoint lists (4 per person, SECTIONS order) -> their numbers as
+    float32. ValueError, TypeError or RuntimeError unless each is a flat list of numbers of the
+    right length, finite in float32 (pysimdjson raises for a number beyond float64 or int64)."""
+    document = simdjson.Parser().parse(text)  # fresh: an error leaves the document alive
+    # len() refuses a number, true, false or null; as_buffer() refuses a string or an object,
+    # in a list or for one, but flattens a list in a list: a count of "[" finds those.
+    if list(map(len, document)) != _SECTION_SIZES * (n // 4):
+        raise ValueError("a list of another length")
+    values = np.frombuffer(document.as_buffer(of_type="d"), np.float64)
+    if np.count_nonzero(np.frombuffer(text, np.uint8) == ord("[")) != n + 1:
+        raise TypeError("a list in a list")
+    with np.errstate(over="ignore"):
+        values = values.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("a number beyond float32")
+    return values

@@ -7,9 +7,10 @@ has the same layout):
    a video without one gets it from the OpenPose binary when one is
    configured (``preprocess.openpose_binary``), else no keypoint rows;
 2. decode, sampled at ``image_fps``, → the interviewee's box from the chosen
-   detector → 224² JPEG crops (``preprocess.detect``);
+   detector (``preprocess.detect``, followed by ``preprocess.track``) → 224² JPEG
+   crops;
 3. a pseudo label, confidence and reasoning from the VLM labeler
-   (``preprocess.gemini``), or none (``pseudo_label`` −1);
+   (``preprocess.labeler``), or none (``pseudo_label`` −1);
 4. one ``VideoRecord`` (with the transcript when the corpus has one) → the raw
    shard set in ``out`` (``preprocess.shards.write_videos``).
 
@@ -63,7 +64,8 @@ from typing import Any
 
 from hemo_jax.data.schema import VideoRecord, validate
 from hemo_jax.data.shards import MANIFEST, open_shards
-from preprocess import gemini, prompts
+from preprocess import prompts
+from preprocess.atomic import write_json_atomic
 from preprocess.detect import (
     DEFAULT_YOLO_WEIGHTS,
     DETECTORS,
@@ -83,6 +85,10 @@ from preprocess.imigue import (
     build_manifest,
     build_records,
 )
+from preprocess.label_config import LabelerConfig, resolve_api_key
+from preprocess.label_results import Failure, LabelResult, VideoItem, summarize
+from preprocess.label_results import format_summary as format_label_summary
+from preprocess.labeler import Labeler
 from preprocess.openpose import OpenPoseError
 from preprocess.shards import write_videos
 from preprocess.video import VideoError
@@ -121,7 +127,7 @@ class RunConfig:
     crop: CropParams = CropParams()
     yolo_weights: str = DEFAULT_YOLO_WEIGHTS
     device: str | None = None
-    labeler_config: gemini.LabelerConfig | None = None
+    labeler_config: LabelerConfig | None = None
     keep_unlabelled: bool = False
     openpose_binary: Path | None = None
     openpose_models: Path | None = None
@@ -150,10 +156,8 @@ class RunConfig:
         return self.layout or CorpusLayout(Path(self.root))
 
     @property
-    def label_settings(self) -> gemini.LabelerConfig:
-        return self.labeler_config or gemini.LabelerConfig(
-            cache_dir=Path(self.out) / LABEL_CACHE_SUBDIR
-        )
+    def label_settings(self) -> LabelerConfig:
+        return self.labeler_config or LabelerConfig(cache_dir=Path(self.out) / LABEL_CACHE_SUBDIR)
 
     def record_settings(self) -> dict[str, Any]:
         """The settings that change what a record holds; a rerun must repeat them."""
@@ -275,7 +279,7 @@ class _Status:
             raise RunError(f"{self.path}: not JSON ({e}); move it away to start afresh") from e
 
     def write(self) -> None:
-        gemini.write_json_atomic(
+        write_json_atomic(
             self.path,
             {
                 "settings": self.settings,
@@ -344,15 +348,15 @@ class _Labels:
     """Label requests for every video to build, answered in the background."""
 
     def __init__(self, config: RunConfig, rows: list[ManifestRow]) -> None:
-        self.results: dict[str, gemini.LabelResult | gemini.Failure] = {}
-        self.items = [gemini.VideoItem(r.video_id, r.video_path, r.label) for r in rows]
+        self.results: dict[str, LabelResult | Failure] = {}
+        self.items = [VideoItem(r.video_id, r.video_path, r.label) for r in rows]
         self._futures: dict[str, concurrent.futures.Future] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         if config.labeler == "none" or not self.items:
             return
         settings = config.label_settings
         # A missing key is a setting to fix, found before any work is done.
-        labeler = gemini.Labeler(settings, gemini.resolve_api_key())
+        labeler = Labeler(settings, resolve_api_key())
         # More threads than request slots, so hashing and reading the next videos overlaps
         # the requests in flight; the labeler's semaphore keeps requests at `concurrency`.
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -365,11 +369,11 @@ class _Labels:
     def enabled(self) -> bool:
         return self._pool is not None
 
-    def wait(self, video_id: str) -> gemini.LabelResult | gemini.Failure:
+    def wait(self, video_id: str) -> LabelResult | Failure:
         try:
             result = self._futures[video_id].result()
         except Exception as e:  # label_one catches everything; this is a last guard
-            result = gemini.Failure(video_id, "error", f"{type(e).__name__}: {e}")
+            result = Failure(video_id, "error", f"{type(e).__name__}: {e}")
         self.results[video_id] = result
         return result
 
@@ -387,9 +391,9 @@ class _Labels:
     def summary(self) -> dict[str, Any]:
         if not self.enabled:
             return {}
-        stats = gemini.summarize(self.results, self.items)
+        stats = summarize(self.results, self.items)
         out = dataclasses.asdict(stats)
-        out["text"] = gemini.format_summary(stats)
+        out["text"] = format_label_summary(stats)
         return out
 
 
@@ -498,7 +502,7 @@ class _Builder:
     def _add_label(self, record: VideoRecord, notes: list[str]) -> None:
         assert self.labels is not None
         result = self.labels.wait(record.video_id)
-        if isinstance(result, gemini.LabelResult):
+        if isinstance(result, LabelResult):
             for name, value in result.record_fields().items():
                 setattr(record, name, value)
             return

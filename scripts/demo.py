@@ -10,6 +10,7 @@ Every step is the project's own command, run as a subprocess.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -42,8 +43,9 @@ def metrics_of(workdir: Path) -> dict[str, dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--videos", type=int, default=200)
+    p.add_argument("--videos", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3, help="stage-2 seeds, with and without pool")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="training runs at once")
     p.add_argument("--vlm-accuracy", type=float, default=0.8)
     p.add_argument("--smoke", action="store_true", help="a tiny corpus and few steps")
     args = p.parse_args()
@@ -64,7 +66,8 @@ def main() -> None:
     print("1. synthetic corpus", flush=True)
     corpus = out / "corpus"
     synth = ["preprocess", "synth", "--out", str(corpus), "--videos", str(videos)]
-    synth += ["--seed", "0", "--fps", "10", "--min-seconds", "8", "--max-seconds", "16"]
+    # Long, sparsely sampled interviews: as many frames as short dense ones, more gestures.
+    synth += ["--seed", "0", "--fps", "5", "--min-seconds", "20", "--max-seconds", "40"]
     run(py + synth + ["--width", "256", "--height", "192"], logs / "synth.log", env)
 
     print("2. preprocessing with the simulated VLM (a noisy oracle, not Gemini)", flush=True)
@@ -77,7 +80,8 @@ def main() -> None:
         run(
             py
             + ["preprocess", "run", "--corpus", "synthetic", "--root", str(corpus)]
-            + ["--out", str(raw), "--detector", "keypoints", "--labeler", "gemini"]
+            + ["--out", str(raw), "--detector", "keypoints", "--image-fps", "1"]
+            + ["--labeler", "gemini"]
             + ["--base-url", server.base_url],
             logs / "preprocess.log",
             {**env, "GEMINI_API_KEY": "simulated-key"},
@@ -101,18 +105,31 @@ def main() -> None:
         run(py + ["hemo_jax.evaluate", f"--workdir={workdir}"], logs / f"{name}.eval.log", env)
         return workdir
 
+    # The runs of a stage are independent: small models keep a process from using both
+    # cores well, so they run side by side, one per core.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
+
     print("4. stage 1: each branch alone", flush=True)
-    stage1 = {b: train(f"stage1_{b}", b) for b in BRANCHES}
+    futures = {b: pool.submit(train, f"stage1_{b}", b) for b in BRANCHES}
+    stage1 = {b: f.result() for b, f in futures.items()}
     init = [f"--config.init_from.{b}={stage1[b]}" for b in BRANCHES]
 
     print("5. stage 2: fused, with and without the pseudo-labelled pool", flush=True)
-    stage2: dict[str, list[Path]] = {"with": [], "without": []}
-    for seed in range(args.seeds):
-        for mode, pool in (("with", "unlabeled"), ("without", "none")):
-            name = f"stage2_{mode}_pseudo_seed{seed}"
-            stage2[mode].append(
-                train(name, "fused", *init, f"--config.seed={seed}", f"--config.pseudo.pool={pool}")
-            )
+    runs = {
+        (mode, seed): pool.submit(
+            train,
+            f"stage2_{mode}_pseudo_seed{seed}",
+            "fused",
+            *init,
+            f"--config.seed={seed}",
+            f"--config.pseudo.pool={pool_name}",
+        )
+        for seed in range(args.seeds)
+        for mode, pool_name in (("with", "unlabeled"), ("without", "none"))
+    }
+    modes = ("with", "without")
+    stage2 = {m: [runs[m, seed].result() for seed in range(args.seeds)] for m in modes}
+    pool.shutdown()
 
     print("6. results on the balanced test split", flush=True)
     rows = [(f"stage 1: {b}", metrics_of(stage1[b])) for b in BRANCHES]

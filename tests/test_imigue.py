@@ -294,5 +294,5 @@ def test_unreadable_video_is_named(tmp_path):
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "1.mp4").write_bytes(b"not a video")
     manifest = quiet_manifest(CorpusLayout(tmp_path), SplitSpec("all"))
-    with pytest.raises(CorpusError, match=r"1.mp4: OpenCV cannot open"):
+    with pytest.raises(CorpusError, match=r"1\.mp4: cannot open: not a video OpenCV can decode"):
         list(build_records(manifest))

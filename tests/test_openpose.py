@@ -8,8 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, RIGHT_HAND
+from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from preprocess.openpose import (
+    _BATCH,
+    SECTIONS,
     OpenPoseError,
     _parse_batch,
     parse_openpose_frame,
@@ -119,9 +121,15 @@ def test_missing_and_empty_sections_are_zeros(tmp_path):
     p = person(500, 300, 100, face=False)
     del p["hand_left_keypoints_2d"]
     write(tmp_path, 0, [p])
-    row = read_openpose_dir(tmp_path).keypoints[0]
-    assert not row[FACE].any() and not row[LEFT_HAND].any()
-    assert row[BODY].any() and row[RIGHT_HAND].any()
+    spaced = json.dumps({"people": [p]}).replace(
+        '"face_keypoints_2d": []', '"face_keypoints_2d":[ ]'
+    )
+    write(tmp_path, 1, text=spaced)
+    keypoints = read_openpose_dir(tmp_path).keypoints
+    for row in keypoints:
+        assert not row[FACE].any() and not row[LEFT_HAND].any()
+        assert row[BODY].any() and row[RIGHT_HAND].any()
+    assert same_bits(keypoints[0], keypoints[1]) and "[ ]" in spaced
 
 
 def frame_with(section: str, first_value) -> str:
@@ -158,18 +166,20 @@ def test_malformed_file_raises_naming_it(tmp_path, case):
 
 
 def test_skip_policy_leaves_zero_rows_and_counts(tmp_path):
-    good = person(300, 300, 100)
+    good, n = person(300, 300, 100), _BATCH + 50
     names = []
-    bad = {5: "truncated", 6: "wrong_length", 250: "string_in_numbers"}
-    for f in range(300):  # more than one batch, bad files in both
+    bad = {5: "truncated", 6: "wrong_length", _BATCH + 10: "string_in_numbers"}
+    for f in range(n):  # more than one batch, bad files in both
         if f in bad:
             names.append(write(tmp_path, f, text=MALFORMED[bad[f]][0]))
+        elif f == 8:
+            write(tmp_path, f, [])
         else:
             write(tmp_path, f, [good])
     seq = read_openpose_dir(tmp_path, on_error="skip")
     assert seq.summary.skipped_files == tuple(names) and seq.summary.skipped == 3
-    assert len(seq.frames) == 300 and seq.summary.files == 300
-    assert [f for f in range(300) if not seq.keypoints[f].any()] == [5, 6, 250]
+    assert len(seq.frames) == n and seq.summary.files == n and seq.summary.empty_frames == 1
+    assert [f for f in range(n) if not seq.keypoints[f].any()] == [5, 6, 8, _BATCH + 10]
     assert same_bits(seq.keypoints[7], as_array(good))
     with pytest.raises(ValueError, match="on_error"):
         read_openpose_dir(tmp_path, on_error="ignore")
@@ -205,6 +215,12 @@ def test_directory_errors(tmp_path):
     write(tmp_path, 2, [], name="b_2_keypoints.json")
     with pytest.raises(OpenPoseError, match="several videos"):
         read_openpose_dir(tmp_path)
+    (tmp_path / "b_2_keypoints.json").unlink()
+    for name in ("a_12b_keypoints.json", "a__keypoints.json"):
+        write(tmp_path, 3, [], name=name)
+        with pytest.raises(OpenPoseError, match=re.escape(name) + ": no frame number"):
+            read_openpose_dir(tmp_path)
+        (tmp_path / name).unlink()
 
 
 def messy_documents() -> list[bytes]:
@@ -225,7 +241,7 @@ def messy_documents() -> list[bytes]:
     handmade = (
         b'{ "people" : [ { "pose_keypoints_2d" : [ '
         + b" , ".join([b"-1.5e1", b"2"] * 37 + [b"0"])
-        + b' ] ,\n"face_keypoints_2d":[ ]\t} ] , "version" : 1.3 }\r\n'
+        + b' ] ,\n"face_keypoints_2d":[]\t} ] , "version" : 1.3 }\r\n'
     )
     return texts + [spaced, handmade]
 
@@ -252,6 +268,124 @@ def test_fast_path_is_bit_identical_on_random_numbers():
     fast = _parse_batch(docs)
     for doc, got in zip(docs, fast, strict=True):
         assert got is not None and same_bits(got[0], parse_openpose_frame(doc)[0]), doc[:120]
+
+
+def pose_list(text: str) -> bytes:
+    return ('{"people":[{"pose_keypoints_2d":' + text + "}]}").encode()
+
+
+NUMBERS = "[" + ",".join(["1.5"] * 75) + "]"
+# Inputs msgspec lets through as raw text and pysimdjson would read wrongly or not at all.
+TRAPS = {
+    "lists_in_the_list": (pose_list("[" + ",".join(["[1]"] * 75) + "]"), "non-numeric value"),
+    "empty_list_in_the_list": (pose_list("[[]]"), "has 1 values, expected 75"),
+    "string_as_long_as_a_list": (pose_list('"' + "x" * 75 + '"'), "is a str, not a list"),
+    "object_as_long_as_a_list": (
+        pose_list("{" + ",".join(f'"{i}":1' for i in range(75)) + "}"),
+        "is a dict, not a list",
+    ),
+    "number_for_a_list": (pose_list("5"), "is a int, not a list"),
+    "true_in_the_list": (pose_list("[true" + ",0" * 74 + "]"), "non-numeric value True"),
+    "beyond_float64": (pose_list("[1e999" + ",0" * 74 + "]"), "no finite float32"),
+    "beyond_float32": (pose_list("[3.5e38" + ",0" * 74 + "]"), "no finite float32"),
+    "bad_utf8_in_a_skipped_string": (b'{"name":"\xff",' + pose_list(NUMBERS)[1:], "bad JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAPS))
+def test_fast_path_leaves_traps_to_the_strict_parser(tmp_path, case):
+    doc, message = TRAPS[case]
+    good = pose_list(NUMBERS)
+    assert [p is None for p in _parse_batch([good, doc, good])] == [False, True, False]
+    write(tmp_path, 0, text=good.decode())
+    (tmp_path / "vid_000000000001_keypoints.json").write_bytes(doc)
+    with pytest.raises(OpenPoseError, match="vid_000000000001_keypoints.json.*" + message):
+        read_openpose_dir(tmp_path)
+
+
+def test_numbers_beyond_int64_and_unicode_in_skipped_strings_go_the_strict_way(tmp_path):
+    big = pose_list("[" + "1" * 30 + ",-18446744073709551616" + ",0" * 73 + "]")
+    unicode = ('{"name":"caf\\u00e9 \u00e9",' + pose_list(NUMBERS)[1:].decode()).encode()
+    assert _parse_batch([big, unicode]) == [None, None]
+    for f, doc in enumerate((big, unicode)):
+        (tmp_path / f"vid_{f:012d}_keypoints.json").write_bytes(doc)
+    seq = read_openpose_dir(tmp_path)
+    assert same_bits(seq.keypoints[0], parse_openpose_frame(big)[0])
+    assert seq.keypoints[0, 0, 0] == np.float32(1.111111111111111e29)
+    assert same_bits(seq.keypoints[1], parse_openpose_frame(unicode)[0])
+
+
+def test_fast_path_keeps_the_last_of_repeated_keys_as_json_does():
+    twos = "[" + ",".join(["2"] * 75) + "]"
+    docs = [
+        ('{"people":[{"pose_keypoints_2d":' + NUMBERS + '}],"people":[]}').encode(),
+        (
+            '{"people":[{"pose_keypoints_2d":' + NUMBERS + ',"pose_keypoints_2d":' + twos + "}]}"
+        ).encode(),
+        ('{"people":[{"pose\\u005fkeypoints_2d":' + twos + "}]}").encode(),  # an escaped key
+    ]
+    fast = _parse_batch(docs)
+    for doc, got in zip(docs, fast, strict=True):
+        strict = parse_openpose_frame(doc)
+        assert got is not None and len(got) == len(strict), doc
+        assert all(same_bits(a, b) for a, b in zip(got, strict, strict=True)), doc
+    assert len(fast[0]) == 0 and fast[1][0, 0, 0] == 2 and fast[2][0, 0, 0] == 2
+
+
+def reference_subjects(frames: list[list[dict]]) -> np.ndarray:
+    """The rule of `_MainSubject`, written out one frame at a time."""
+    previous, rows = None, []
+    for frame in frames:
+        people = [as_array(p) for p in frame]
+        if not people:
+            rows.append(np.zeros((NUM_KEYPOINTS, 3), np.float32))
+            continue
+        body, index = np.asarray(people)[:, BODY], None
+        seen = body[..., 2] > 0
+        if previous is not None:
+            shared = seen & (previous[BODY][:, 2] > 0)
+            count = shared.sum(1)
+            if count.any():
+                dx, dy = body[..., 0] - previous[BODY][:, 0], body[..., 1] - previous[BODY][:, 1]
+                mean = (np.hypot(dx, dy) * shared).sum(1) / np.maximum(count, 1)
+                index = int(np.where(count > 0, mean, np.inf).argmin())
+        if index is None:
+            x, y = body[..., 0], body[..., 1]
+            width = np.where(seen, x, -np.inf).max(1) - np.where(seen, x, np.inf).min(1)
+            height = np.where(seen, y, -np.inf).max(1) - np.where(seen, y, np.inf).min(1)
+            size = np.sqrt(np.where(seen.any(1), width * height, 0))
+            index = int((size * body[..., 2].mean(1)).argmax())
+        previous = people[index]
+        rows.append(previous)
+    return np.asarray(rows)
+
+
+def test_subject_choice_over_batches_follows_the_rule_frame_by_frame(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(2 * _BATCH + 50):  # the previous choice crosses batch boundaries
+        frame = []
+        for _ in range(rng.choice(5, p=[0.15, 0.3, 0.3, 0.15, 0.1])):
+            # Few distinct coordinates and confidences: near ties and exact ties happen.
+            kp = np.column_stack(
+                [
+                    rng.choice([100, 101, 300], 137),
+                    rng.choice([50, 51], 137),
+                    rng.choice([0, 0.5, 0.9], 137),
+                ]
+            )
+            if rng.random() < 0.1:
+                kp[:, 2] = 0  # a person with no keypoint seen
+            frame.append({key: kp[rows].ravel().tolist() for key, rows in SECTIONS})
+        frames.append(frame)
+    for f, frame in enumerate(frames):
+        if f % 7 == 3:  # NaN outside the keypoints: json.loads takes it, msgspec does not
+            write(tmp_path, f, text=json.dumps({"version": float("nan"), "people": frame}))
+        else:
+            write(tmp_path, f, frame)
+    seq = read_openpose_dir(tmp_path)
+    assert same_bits(seq.keypoints, reference_subjects(frames))
+    assert seq.summary.multi_person_frames == sum(len(f) > 1 for f in frames) > _BATCH // 2
 
 
 VALID = ["0", "-0", "-0.0", "-12.25", "1e5", "-2.5E+2", "12345678.12345678", "1e-400", " 7 "]

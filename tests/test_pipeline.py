@@ -277,6 +277,12 @@ def test_selection_pseudo_pool_weights_and_balance(shard_dir):
     bal = select(infos, splits=("train", "test"), balance_classes=True)
     for cls in (0, 1):  # each class carries half the total weight
         assert bal.weight[bal.target == cls].sum() == pytest.approx(bal.weight.sum() / 2)
+    # With a confidence-weighted pool too, the summed weights balance, not the counts.
+    mixed = select(infos, splits=("train",), pseudo_pool="unlabeled", balance_classes=True)
+    assert mixed.from_pool.any() and not np.allclose(mixed.weight[mixed.from_pool], 1.0)
+    for cls in (0, 1):
+        share = mixed.weight[mixed.target == cls].sum() / mixed.weight.sum()
+        assert share == pytest.approx(0.5)
     flat = select(infos, splits=("train",), pseudo_pool="unlabeled", confidence_weighting=False)
     np.testing.assert_allclose(flat.weight[flat.from_pool], 1.0)
     # Transductive pool: test records train on their pseudo label, never their label.

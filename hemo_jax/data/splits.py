@@ -54,8 +54,8 @@ def select(
     ``pseudo_weight``, times the confidence when ``confidence_weighting``.
     Labelled records weigh 1, records with no target 0.
 
-    ``balance_classes`` multiplies weights by ``N / (classes * count[target])``
-    so each class contributes equally (a class-weighted loss; the iMiGUE whole
+    ``balance_classes`` scales each class's weights so that every class carries
+    the same share of the summed weight (a class-weighted loss; the iMiGUE whole
     set is 258 win / 101 lose). ``balanced_sampling`` instead repeats records
     of the smaller classes until every class has as many records as the largest.
     """
@@ -85,8 +85,12 @@ def select(
     labelled = target >= 0
     counts = Counter(target[labelled].tolist())
     if balance_classes:
-        for cls, count in counts.items():
-            weight[target == cls] *= labelled.sum() / (len(counts) * count)
+        # Balance the summed weights, not the counts: pool records weigh their confidence.
+        totals = {cls: float(weight[target == cls].sum()) for cls in counts}
+        grand = sum(totals.values())
+        for cls, total in totals.items():
+            if total > 0:
+                weight[target == cls] *= grand / (len(totals) * total)
     if balanced_sampling and counts:
         largest = max(counts.values())
         order = [np.flatnonzero(~labelled)]

@@ -68,7 +68,9 @@ class RecordText:
             return record.transcript
         if self.source == "reasoning":
             return record.reasoning
-        return f"{record.transcript}\n{record.reasoning}"
+        # The reasoning is short and carries the labeler's judgement; putting it first means
+        # truncation to max_length cuts the tail of a long transcript, never the judgement.
+        return f"{record.reasoning}\n{record.transcript}"
 
     def __call__(self, record: VideoRecord) -> dict[str, np.ndarray]:
         ids, mask = self.tokenizer(self.text(record), self.max_length)

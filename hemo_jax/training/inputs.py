@@ -17,6 +17,7 @@ def pipeline_config(
     return pipeline.PipelineConfig(
         batch_size=d.batch_size if train else d.eval_batch_size,
         max_frames=d.max_frames,
+        frame_stride=d.frame_stride,
         image_dim=config.model.image_feature_dim if "image" in config.branches else None,
         image_max=d.max_images,
         eval_windows=d.eval_windows,

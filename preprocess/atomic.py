@@ -1,0 +1,29 @@
+"""Atomic JSON writes: a reader sees the old file or the new one, never half of either.
+
+The text goes to a temporary file in the destination's folder, is fsynced, and replaces the
+destination with `os.replace` (atomic within one file system); a failed write leaves no
+temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes `payload` as indented, key-sorted JSON to `path`, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

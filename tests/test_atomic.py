@@ -1,0 +1,26 @@
+"""preprocess.atomic: a JSON file is replaced whole or not at all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from preprocess.atomic import write_json_atomic
+
+
+def test_writes_and_replaces_json_creating_the_folder(tmp_path):
+    path = tmp_path / "new" / "status.json"
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    write_json_atomic(path, {"c": 3})
+    assert json.loads(path.read_text()) == {"c": 3}
+    assert [p.name for p in path.parent.iterdir()] == ["status.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "status.json"
+    write_json_atomic(path, {"kept": True})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"kept": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
