@@ -14,6 +14,7 @@ from hemo_jax.models.attention import (
     BlockSizes,
     attention,
     compact_keys,
+    dense_attention,
     reference_attention,
     select_implementation,
 )
@@ -102,7 +103,56 @@ def test_blockwise_matches_reference(batch, tq, tk, heads, dim, block_sizes, pad
     _assert_matches_reference("blockwise", q, k, v, w, atol=2e-5, block_sizes=block_sizes, **kwargs)
 
 
-@pytest.mark.parametrize("implementation", ["reference", "xla", "blockwise"])
+# (batch, tq, tk, heads, dim, chunk_bytes, padding): one pass, one (batch, head) row
+# per chunk, and chunks of a divisor of batch * heads (3 rows of 6) across the batch.
+DENSE_CASES = [
+    (2, 33, 33, 3, 16, None, "mask"),
+    (2, 33, 33, 3, 16, 1, "lengths"),
+    (2, 33, 20, 3, 16, 3 * 33 * 20 * 4, "mask"),
+    (3, 20, 45, 2, 8, 2 * 20 * 45 * 4 + 1, None),
+]
+
+
+def _dense_value_and_grads(q, k, v, w, key_mask, chunk_bytes):
+    def loss(q, k, v):
+        out = dense_attention(q, k, v, key_mask, q.shape[-1] ** -0.5, chunk_bytes=chunk_bytes)
+        return jnp.sum(out * w), out
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+
+@pytest.mark.parametrize("batch, tq, tk, heads, dim, chunk_bytes, padding", DENSE_CASES)
+def test_dense_matches_reference(batch, tq, tk, heads, dim, chunk_bytes, padding):
+    q, k, v, w = _inputs(batch, tq, tk, heads, dim)
+    padding = _padding(padding, batch, tk)
+    key_mask = None
+    if "kv_lengths" in padding:
+        key_mask = jnp.arange(tk)[None, :] < padding["kv_lengths"][:, None]
+    elif "kv_mask" in padding:
+        key_mask = padding["kv_mask"]
+    run = jax.jit(functools.partial(_dense_value_and_grads, chunk_bytes=chunk_bytes))
+    (_, out), grads = run(q, k, v, w, key_mask)
+    ref_out, ref_grads = _value_and_grads("reference", q, k, v, w, **padding)
+    np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=1e-5, err_msg="output")
+    for name, g, ref in zip("qkv", grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, ref, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
+    # The chunked cases really run as a loop over chunks; the others in one pass.
+    jaxpr = str(jax.make_jaxpr(run)(q, k, v, w, key_mask))
+    chunked = chunk_bytes is not None and chunk_bytes < batch * heads * tq * tk * 4
+    assert ("scan" in jaxpr) == chunked
+
+
+def test_dense_chunks_only_large_logits():
+    def loops(batch, length):
+        q = jnp.zeros((batch, length, 12, 64))
+        jaxpr = str(jax.make_jaxpr(lambda q: attention(q, q, q, implementation="dense"))(q))
+        return "scan" in jaxpr
+
+    assert not loops(16, 128)  # 12 MiB of logits: one pass
+    assert loops(8, 257)  # 24 MiB: cache-sized chunks
+
+
+@pytest.mark.parametrize("implementation", ["reference", "dense", "xla", "blockwise"])
 def test_fully_padded_rows_give_zeros_and_zero_gradient(implementation):
     q, k, v, w = _inputs(2, 128, 128, 2, 16)
     lengths = jnp.asarray([0, 5])
@@ -183,7 +233,7 @@ def test_blockwise_training_memory_is_linear_in_length():
 def test_automatic_selection_on_cpu():
     short = jnp.zeros((1, 128, 2, 8))
     long = jnp.zeros((1, 1024, 2, 8))
-    assert select_implementation(short, short) == "xla"
+    assert select_implementation(short, short) == "dense"
     assert select_implementation(long, long) == "blockwise"
     q, k, v, w = _inputs(2, 128, 128, 2, 16)
     automatic, _ = _value_and_grads(None, q, k, v, w)

@@ -47,13 +47,13 @@ def test_missing_extra_and_misshaped_reported_together(tmp_path):
     with pytest.raises(convert.ConversionError) as info:
         bert.load_bert(tmp_path)
     err = info.value
-    assert err.missing == ["layers.1.attention.key.bias (16,)"]
+    assert err.missing == ["layers.1.attention.qkv.bias (48,) (no tensor for key)"]
     assert err.unexpected == ["encoder.layer.0.attention.self.rotary.weight (4,)"]
     assert len(err.mismatched) == 1
     assert "encoder.layer.0.intermediate.dense.weight (31, 16)" in err.mismatched[0]
     assert "expected (16, 32)" in err.mismatched[0]
     message = str(err)
-    for name in ("key.bias", "rotary.weight", "intermediate.dense.weight", str(tmp_path)):
+    for name in ("qkv.bias", "rotary.weight", "intermediate.dense.weight", str(tmp_path)):
         assert name in message
 
 
@@ -85,6 +85,38 @@ def test_chunk_splits_fused_weights():
     )
     np.testing.assert_array_equal(out[("a", "kernel")], w[:3].T)
     np.testing.assert_array_equal(out[("b", "kernel")], w[3:].T)
+
+
+def test_concat_joins_pieces_in_order_and_reports_bad_ones():
+    rules = [
+        convert.Rule(
+            r"(?:m\.)?(\d)\.(query|key|value)",
+            "l.{0}.qkv.kernel",
+            convert.linear_kernel,
+            concat=convert.QKV,
+        )
+    ]
+    targets = {("l", 0, "qkv", "kernel"): (3, 6), ("l", 1, "qkv", "kernel"): (3, 6)}
+    w = {p: np.full((2, 3), i, np.float32) for i, p in enumerate(("query", "key", "value"))}
+    tensors = {f"{layer}.{p}": w[p] for layer in "01" for p in reversed(tuple(w))}
+    out = convert.convert_tensors(tensors, targets, rules)
+    # Columns in query, key, value order, each piece transposed first.
+    np.testing.assert_array_equal(out[("l", 1, "qkv", "kernel")][0], [0, 0, 1, 1, 2, 2])
+    bad = {
+        "0.query": w["query"],
+        "0.key": np.zeros((2, 4)),
+        "0.value": w["value"],
+        "1.query": w["query"],
+        "m.1.query": w["query"],
+        "1.value": w["value"],
+    }
+    with pytest.raises(convert.ConversionError) as info:
+        convert.convert_tensors(bad, targets, rules)
+    err = info.value
+    assert err.missing == ["l.1.qkv.kernel (3, 6) (no tensor for key)"]
+    assert len(err.mismatched) == 2
+    assert any("0.key (2, 4)" in m and "expected (3, 6)" in m for m in err.mismatched)
+    assert any("piece 'query' already given by 1.query" in m for m in err.mismatched)
 
 
 def test_torch_bin_reader_matches_torch_load(tmp_path):

@@ -163,6 +163,23 @@ def test_bicubic_matrix_equals_torch_interpolate(antialias, n_in, n_out):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("by_matmul", [True, False])
+def test_layer_norm_statistics_and_output(by_matmul):
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(4, 7, 48)).astype(np.float32)
+    mean, mean_sq = dinov2.layer_norm_stats(jnp.asarray(x), by_matmul=by_matmul)
+    np.testing.assert_allclose(mean, x.mean(-1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mean_sq, (x * x).mean(-1), rtol=1e-6)
+    scale, bias = rng.normal(size=(2, 48)).astype(np.float32)
+    norm = dinov2.LayerNorm(48, epsilon=1e-6)
+    norm.scale[...], norm.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
+    ref = torch.nn.functional.layer_norm(
+        torch.from_numpy(x), (48,), torch.from_numpy(scale), torch.from_numpy(bias), eps=1e-6
+    )
+    np.testing.assert_allclose(norm(jnp.asarray(x)), ref.numpy(), atol=2e-5)
+    assert norm(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_bfloat16_params_track_float32(tmp_path):
     hf = _small(transformers.Dinov2Config, transformers.Dinov2Model)
     hf.save_pretrained(tmp_path)

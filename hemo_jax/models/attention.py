@@ -8,6 +8,8 @@ padding returns zeros and passes zero gradient.
 Implementations (``attention(..., implementation=...)``):
 
 - ``reference``: plain softmax in float32, the ground truth for the others.
+- ``dense``: the materialised softmax laid out for XLA:CPU (head-major rows, late
+  normalisation, cache-sized chunks of rows); the CPU choice for short sequences.
 - ``xla``: ``jax.nn.dot_product_attention``; materialises the [Tq, Tk] logits.
 - ``cudnn``: cuDNN's fused kernel through the same JAX call (GPU, bf16/fp16).
 - ``blockwise``: online softmax over key blocks for blocks of queries, pure JAX,
@@ -30,10 +32,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "blockwise", "ring")
+IMPLEMENTATIONS = ("reference", "dense", "xla", "cudnn", "blockwise", "ring")
 
-# On CPU blockwise beats XLA's materialised softmax from about 512 x 512 query-key
-# pairs up (2-5x at 1k-2k, fwd and fwd+bwd, measured); below, XLA's single fusion wins.
+# On CPU blockwise beats the materialised softmax from about 512 x 512 query-key
+# pairs up (2-5x at 1k-2k, fwd and fwd+bwd, measured); below, ``dense`` wins.
 _CPU_BLOCKWISE_MIN_PAIRS = 512 * 512
 # On accelerators XLA's softmax is fast while its logits fit; blockwise once they
 # would take more than this many bytes.
@@ -42,6 +44,13 @@ _ACCELERATOR_BLOCKWISE_MIN_LOGIT_BYTES = 2**30
 # (T=4096, fwd+bwd, idle 2-core machine) against 256-4096 blocks and 1-8 heads per
 # tile: 1024-2048 blocks of one or two heads were fastest, 8-head tiles ~25% slower.
 _CPU_TILE = 1024 * 1024
+# Dense (short-sequence) CPU attention: logits up to this size in one pass; above it,
+# chunks of about _CPU_DENSE_CHUNK_BYTES (one core's L2) one after another. Measured on
+# 2 cores and 1 core at [B*H, T, T] = [96, 257, 257], [192, 128, 128] and [384, 128, 128]
+# against 0.5-8 MiB chunks: one pass won at 12 MiB of logits, 2 MiB chunks at 25 MiB
+# (up to 2x faster than one pass there).
+_CPU_DENSE_UNCHUNKED_BYTES = 16 * 2**20
+_CPU_DENSE_CHUNK_BYTES = 2 * 2**20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,6 +97,10 @@ def _key_mask(
     return None
 
 
+def _dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
 def reference_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, scale: float
 ) -> jax.Array:
@@ -102,6 +115,60 @@ def reference_attention(
     p = p / jnp.where(denom == 0, 1.0, denom)
     out = jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(jnp.float32))
     return out.astype(q.dtype)
+
+
+def dense_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_mask: jax.Array | None,
+    scale: float,
+    *,
+    chunk_bytes: int | None = None,
+) -> jax.Array:
+    """Materialised softmax laid out for CPU matmuls (the short-sequence CPU path).
+
+    Heads move in front of the sequence ([B*H, T, D] rows) so both products are plain
+    batched matmuls (contracting [B, T, H, D] directly ran 2-3x slower on XLA:CPU),
+    the output is normalised after the product with v (a [Tq, D] divide instead of
+    [Tq, Tk]), and large logits are processed ``chunk_bytes`` of rows at a time so a
+    chunk stays in cache between the passes over it.
+    """
+    batch, tq, heads, dim = q.shape
+    rows, row_bytes = batch * heads, tq * k.shape[1] * 4
+    if chunk_bytes is None:
+        small = rows * row_bytes <= _CPU_DENSE_UNCHUNKED_BYTES
+        chunk_bytes = rows * row_bytes if small else _CPU_DENSE_CHUNK_BYTES
+    per_chunk = _largest_divisor_at_most(rows, max(1, chunk_bytes // row_bytes))
+
+    def core(q, k, v, key_mask):
+        s = _dot(q, k, "rqd,rkd->rqk")
+        if key_mask is not None:
+            s = jnp.where(key_mask[:, None, :], s, -jnp.inf)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - jnp.where(m == -jnp.inf, 0.0, m))
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        out = _dot(p.astype(v.dtype), v, "rqk,rkd->rqd")
+        return (out / jnp.where(denom == 0, 1.0, denom)).astype(q.dtype)
+
+    def to_rows(x):
+        return x.transpose(0, 2, 1, 3).reshape(rows, x.shape[1], dim)
+
+    q, k, v = to_rows(q * jnp.asarray(scale, q.dtype)), to_rows(k), to_rows(v)
+    if key_mask is not None:
+        key_mask = jnp.repeat(key_mask, heads, axis=0)
+    if per_chunk == rows:
+        out = core(q, k, v, key_mask)
+    else:
+        chunks = jax.tree.map(
+            lambda x: x.reshape(rows // per_chunk, per_chunk, *x.shape[1:]), (q, k, v, key_mask)
+        )
+        out = jax.lax.map(lambda c: core(*c), chunks)
+    return out.reshape(batch, heads, tq, dim).transpose(0, 2, 1, 3)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(limit, n) + 1) if n % d == 0)
 
 
 def _zero_dead_rows(out: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -174,10 +241,6 @@ def cudnn_attention(
 # layout: queries [G, nq, g, bq, D] (already scaled), keys/values [G, nk, g, bk, D],
 # key bias [G, nk, g, bk] (0 or -inf) or None. The softmax state per query is
 # (m: running max, row_sum: running sum of exp, acc: unnormalised output), float32.
-
-
-def _dot(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 def _init_state(q_blocks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -519,7 +582,7 @@ def ring_attention(
 def select_implementation(q: jax.Array, k: jax.Array) -> str:
     """The automatic choice: cuDNN for half precision on GPU; otherwise blockwise
     once the [Tq, Tk] logits get large (sooner on CPU, where it is also faster),
-    XLA's fused softmax below that."""
+    below that the dense softmax on CPU and XLA's fused one on accelerators."""
     backend = jax.default_backend()
     batch, tq, heads, head_dim = q.shape
     if (
@@ -530,7 +593,7 @@ def select_implementation(q: jax.Array, k: jax.Array) -> str:
     ):
         return "cudnn"
     if backend == "cpu":
-        return "blockwise" if tq * k.shape[1] >= _CPU_BLOCKWISE_MIN_PAIRS else "xla"
+        return "blockwise" if tq * k.shape[1] >= _CPU_BLOCKWISE_MIN_PAIRS else "dense"
     logit_bytes = batch * heads * tq * k.shape[1] * 4
     return "blockwise" if logit_bytes >= _ACCELERATOR_BLOCKWISE_MIN_LOGIT_BYTES else "xla"
 
@@ -577,6 +640,8 @@ def attention(
     implementation = implementation or select_implementation(q, k)
     if implementation == "reference":
         return reference_attention(q, k, v, key_mask, scale)
+    if implementation == "dense":
+        return dense_attention(q, k, v, key_mask, scale)
     if implementation == "xla":
         return xla_attention(q, k, v, key_mask, scale)
     if implementation == "cudnn":

@@ -23,7 +23,7 @@ from flax import nnx
 
 from hemo_jax.models import convert
 from hemo_jax.models.attention import attention
-from hemo_jax.models.dinov2 import ACTIVATIONS
+from hemo_jax.models.dinov2 import ACTIVATIONS, LayerNorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +88,15 @@ class BertAttention(nnx.Module):
         d = cfg.hidden_size
         self.num_heads = cfg.num_heads
         self.impl = cfg.attention_impl
-        self.query = nnx.Linear(d, d, rngs=rngs)
-        self.key = nnx.Linear(d, d, rngs=rngs)
-        self.value = nnx.Linear(d, d, rngs=rngs)
+        # Query, key and value in one [D, 3D] projection: one large matmul instead of
+        # three (the loader concatenates the checkpoint's three).
+        self.qkv = nnx.Linear(d, 3 * d, rngs=rngs)
         self.out = nnx.Linear(d, d, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         b, t, d = x.shape
-        heads = (b, t, self.num_heads, d // self.num_heads)
-        q, k, v = (proj(x).reshape(heads) for proj in (self.query, self.key, self.value))
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = attention(q, k, v, kv_mask=key_mask, implementation=self.impl)
         return self.out(out.reshape(b, t, d))
 
@@ -107,10 +107,10 @@ class BertLayer(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         d, eps = cfg.hidden_size, cfg.layer_norm_eps
         self.attention = BertAttention(cfg, rngs=rngs)
-        self.attention_norm = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
+        self.attention_norm = LayerNorm(d, epsilon=eps)
         self.intermediate = nnx.Linear(d, cfg.intermediate_size, rngs=rngs)
         self.output = nnx.Linear(cfg.intermediate_size, d, rngs=rngs)
-        self.output_norm = nnx.LayerNorm(d, epsilon=eps, rngs=rngs)
+        self.output_norm = LayerNorm(d, epsilon=eps)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
@@ -125,7 +125,7 @@ class BertModel(nnx.Module):
         self.word_embeddings = nnx.Embed(cfg.vocab_size, d, rngs=rngs)
         self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, d, rngs=rngs)
         self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, d, rngs=rngs)
-        self.embeddings_norm = nnx.LayerNorm(d, epsilon=cfg.layer_norm_eps, rngs=rngs)
+        self.embeddings_norm = LayerNorm(d, epsilon=cfg.layer_norm_eps)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.pooler = nnx.Linear(d, d, rngs=rngs) if cfg.with_pooler else None
 
@@ -179,10 +179,15 @@ RULES: tuple[convert.Rule, ...] = (
     convert.Rule(r"embeddings\.LayerNorm\." + _B, "embeddings_norm.bias"),
     convert.Rule(
         _L + r"attention\.self\.(query|key|value)\.weight",
-        "layers.{0}.attention.{1}.kernel",
+        "layers.{0}.attention.qkv.kernel",
         convert.linear_kernel,
+        concat=convert.QKV,
     ),
-    convert.Rule(_L + r"attention\.self\.(query|key|value)\.bias", "layers.{0}.attention.{1}.bias"),
+    convert.Rule(
+        _L + r"attention\.self\.(query|key|value)\.bias",
+        "layers.{0}.attention.qkv.bias",
+        concat=convert.QKV,
+    ),
     convert.Rule(
         _L + r"attention\.output\.dense\.weight",
         "layers.{0}.attention.out.kernel",

@@ -2,10 +2,11 @@
 
 A model family describes its checkpoint layout as a list of :class:`Rule`: a regex on
 the source key, target path templates in the NNX state and a transform (transpose a
-Linear kernel, move a conv kernel to HWIO, split a fused projection). The conversion
-is strict: every target leaf must be filled, every source key used or explicitly
-ignored, every shape checked, and all problems come back together in one
-:class:`ConversionError`.
+Linear kernel, move a conv kernel to HWIO, split a fused projection), or a
+:class:`Concat` that joins several source tensors into one target (separate query,
+key and value projections into one fused projection). The conversion is strict:
+every target leaf must be filled, every source key used or explicitly ignored, every
+shape checked, and all problems come back together in one :class:`ConversionError`.
 
 Checkpoints are read without torch: safetensors (single or sharded) through a small
 header reader (``safetensors.numpy`` cannot represent bfloat16), and PyTorch
@@ -70,21 +71,43 @@ class ConversionError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Concat:
+    """Several source tensors make one target, joined along ``axis`` in ``pieces`` order.
+
+    Regex group ``group`` of the rule's pattern names the piece a key holds, e.g.
+    ``(query|key|value)`` for a fused ``[D, 3D]`` projection kernel.
+    """
+
+    group: int
+    pieces: tuple[str, ...]
+    axis: int = -1
+
+
+# Separate query/key/value projections (group 1 of the pattern names which) joined
+# along the output axis into one fused projection: [in, 3 * out] kernel, [3 * out] bias.
+QKV = Concat(group=1, pieces=("query", "key", "value"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Rule:
     """Map source keys matching ``pattern`` (full match) onto NNX state paths.
 
     ``targets`` are ``str.format`` templates over the regex groups, dot-separated
     (``"layers.{0}.attention.query.kernel"``); digit parts become list indices. A
-    transform returning a tuple fills several targets, in order.
+    transform returning a tuple fills several targets, in order. With ``concat``,
+    each matching key is one piece of a single target (transformed first).
     """
 
     pattern: str
     targets: tuple[str, ...]
     transform: Transform | None = None
+    concat: Concat | None = None
 
     def __post_init__(self):
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", (self.targets,))
+        if self.concat is not None and len(self.targets) != 1:
+            raise ValueError(f"rule {self.pattern!r}: a concatenating rule has one target")
 
 
 def linear_kernel(w: np.ndarray) -> np.ndarray:
@@ -125,6 +148,14 @@ def _path_str(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _concatenate(parts: Sequence[np.ndarray], axis: int) -> np.ndarray | None:
+    """The pieces joined along ``axis``, or None where their other dimensions differ."""
+    try:
+        return np.concatenate(parts, axis=axis)
+    except ValueError:
+        return None
+
+
 def convert_tensors(
     tensors: Mapping[str, np.ndarray],
     target_shapes: Mapping[tuple[str | int, ...], tuple[int, ...]],
@@ -147,6 +178,8 @@ def convert_tensors(
     misfit_targets: set[tuple[str | int, ...]] = set()
     unexpected: list[str] = []
     mismatched: list[str] = []
+    # Concatenated targets: path -> (rule, {piece: ("key shape", array)}), joined at the end.
+    pieces: dict[tuple[str | int, ...], tuple[Rule, dict[str, tuple[str, np.ndarray]]]] = {}
     for key in sorted(tensors):
         match = rule = None
         for regex, candidate in compiled:
@@ -165,6 +198,22 @@ def convert_tensors(
         except ValueError as err:
             misfit_targets.update(paths)
             mismatched.append(f"{key} {tuple(value.shape)}: {err}")
+            continue
+        if rule.concat is not None:
+            piece = match.group(rule.concat.group + 1)
+            got = pieces.setdefault(paths[0], (rule, {}))[1]
+            if piece not in rule.concat.pieces:
+                unexpected.append(
+                    f"{key} {tuple(value.shape)}: piece {piece!r} is not one of "
+                    f"{rule.concat.pieces}"
+                )
+            elif piece in got:
+                mismatched.append(
+                    f"{key} -> {_path_str(paths[0])}: piece {piece!r} already "
+                    f"given by {got[piece][0]}"
+                )
+            else:
+                got[piece] = (f"{key} {tuple(value.shape)}", out)
             continue
         outs = out if isinstance(out, tuple) else (out,)
         if len(outs) != len(paths):
@@ -187,8 +236,33 @@ def convert_tensors(
             else:
                 filled[path] = array
                 filled_from[path] = key
+    missing_pieces: dict[tuple[str | int, ...], list[str]] = {}
+    for path, (rule, got) in pieces.items():
+        absent = [p for p in rule.concat.pieces if p not in got]
+        sources = ", ".join(source for source, _ in got.values())
+        if path not in target_shapes:
+            unexpected.append(f"{sources} -> no target {_path_str(path)}")
+        elif absent:
+            missing_pieces[path] = absent
+        elif path in filled:
+            mismatched.append(
+                f"{sources} -> {_path_str(path)}: already filled by {filled_from[path]}"
+            )
+        else:
+            parts = [got[p][1] for p in rule.concat.pieces]
+            joined = _concatenate(parts, rule.concat.axis)
+            expected = tuple(target_shapes[path])
+            if joined is None or tuple(joined.shape) != expected:
+                misfit_targets.add(path)
+                got_shape = "pieces do not join" if joined is None else f"got {joined.shape}"
+                mismatched.append(
+                    f"{sources} -> {_path_str(path)}: {got_shape}, expected {expected}"
+                )
+            else:
+                filled[path] = joined
     missing = [
         f"{_path_str(p)} {tuple(s)}"
+        + (f" (no tensor for {', '.join(missing_pieces[p])})" if p in missing_pieces else "")
         for p, s in target_shapes.items()
         if p not in filled and p not in misfit_targets
     ]
