@@ -115,6 +115,7 @@ def main() -> None:
     init = [f"--config.init_from.{b}={stage1[b]}" for b in BRANCHES]
 
     print("5. stage 2: fused, with and without the pseudo-labelled pool", flush=True)
+    pseudo_pools = {"with": "unlabeled", "without": "none"}
     runs = {
         (mode, seed): pool.submit(
             train,
@@ -122,13 +123,12 @@ def main() -> None:
             "fused",
             *init,
             f"--config.seed={seed}",
-            f"--config.pseudo.pool={pool_name}",
+            f"--config.pseudo.pool={pseudo_pool}",
         )
         for seed in range(args.seeds)
-        for mode, pool_name in (("with", "unlabeled"), ("without", "none"))
+        for mode, pseudo_pool in pseudo_pools.items()
     }
-    modes = ("with", "without")
-    stage2 = {m: [runs[m, seed].result() for seed in range(args.seeds)] for m in modes}
+    stage2 = {m: [runs[m, seed].result() for seed in range(args.seeds)] for m in pseudo_pools}
     pool.shutdown()
 
     print("6. results on the balanced test split", flush=True)
