@@ -10,14 +10,15 @@ against it:
   start`, then `upload, finalize` chunks at the URL returned in `x-goog-upload-url`),
   `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`.
 
-Answers come from a noisy oracle, not from looking at the video: for a video whose content
-hash (sha256 of the bytes) has a known label, it answers the true label with probability
-`accuracy` and the wrong one otherwise, deterministically per (seed, video, turn), with
-canned observations and reasoning and a confidence that is higher on correct answers on
-average. Unknown videos get a coin flip at the iMiGUE base rate with low confidence. Token
-counts are synthetic.
+Answers come from the noisy oracle of `preprocess.vlm_oracle`, not from looking at the
+video: for a video whose content hash (sha256 of the bytes) has a known label, it answers
+the true label with probability `accuracy` and the wrong one otherwise, deterministically
+per (seed, video, turn), with canned observations and reasoning and a confidence that is
+higher on correct answers on average. Unknown videos get a coin flip at the iMiGUE base
+rate with low confidence. Token counts are synthetic.
 
-Faults are injected per request, from a per-video script, a global script or seeded rates:
+Faults (`vlm_oracle.FaultPlan`) are injected per request, from a per-video script, a global
+script or seeded rates:
 `429`, `500`, `503`, `malformed` (truncated JSON text), `schema` (JSON that breaks the schema),
 `empty` (no candidates), `safety` (finish reason SAFETY, no content), `slow` (answer only after
 `slow_s`, longer than a client's time-out) and `echo_key` (a 400 whose message repeats the
@@ -34,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import logging
-import random
 import re
 import select
 import socket
@@ -45,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,167 +52,16 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from preprocess.vlm_oracle import FAULTS, FaultPlan, Oracle, load_truth, sha256_bytes
+
 logger = logging.getLogger(__name__)
 
 SIMULATED_MODEL_VERSION = "simulated-vlm"
 SERVER_HEADER = "simulated-vlm/1 (simulation; not Gemini)"
-FAULTS = ("ok", "429", "500", "503", "malformed", "schema", "empty", "safety", "slow", "echo_key")
-WIN_BASE_RATE = 258 / 359
 
 _GENERATE_PATH = re.compile(r"^/(v1|v1beta)/models/([^/:]+):generateContent$")
 _FILE_PATH = re.compile(r"^/v1beta/files/([^/]+)$")
 _UPLOAD_PATH = "/upload/v1beta/files"
-
-_WIN_CUES = (
-    "leans back in the chair with relaxed shoulders",
-    "smiles broadly while recalling key points of the match",
-    "keeps steady eye contact with the reporters",
-    "speaks at an even pace and jokes with the room",
-    "talks about preparing for the next round",
-    "uses open palm gestures while explaining tactics",
-)
-_LOSE_CUES = (
-    "touches the face and rubs the back of the neck",
-    "looks down at the table for several seconds before answering",
-    "folds the arms tightly across the chest",
-    "gives short answers with long pauses",
-    "presses the lips together and exhales before answering",
-    "talks about mistakes and about the opponent playing better",
-)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _parse_label(value: Any, where: str) -> int:
-    if value in (1, "1", "win", "positive"):
-        return 1
-    if value in (0, "0", "lose", "negative"):
-        return 0
-    raise ValueError(f"{where}: label {value!r} is not one of win/lose/1/0")
-
-
-def truth_for_videos(items: Iterable[tuple[str | Path, Any]]) -> dict[str, int]:
-    """(video path, label) pairs -> {sha256 of the file: 1 win / 0 lose} for the oracle."""
-    return {sha256_file(path): _parse_label(label, str(path)) for path, label in items}
-
-
-def load_truth(path: str | Path) -> dict[str, int]:
-    """Read a truth file: a JSON object {sha256 hex: "win" | "lose" | 1 | 0}."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the truth file: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the truth file must hold a JSON object sha256 -> label")
-    truth = {}
-    for key, value in raw.items():
-        if not re.fullmatch(r"[0-9a-f]{64}", key):
-            raise ValueError(f"{path}: key {key!r} is not a lowercase sha256 hex digest")
-        truth[key] = _parse_label(value, f"{path}[{key}]")
-    return truth
-
-
-@dataclass
-class FaultPlan:
-    """Which fault the next generateContent requests get.
-
-    `by_video` (sha256 -> faults) is consumed first, one entry per request for that video;
-    then `script`, one entry per request of any video; then `rates` (fault -> probability per
-    request, drawn from a generator seeded with `seed`). Anything else is answered normally.
-    """
-
-    by_video: dict[str, list[str]] = field(default_factory=dict)
-    script: list[str] = field(default_factory=list)
-    rates: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        names = [f for faults in self.by_video.values() for f in faults]
-        names += list(self.script) + list(self.rates)
-        unknown = sorted(set(names) - set(FAULTS))
-        if unknown:
-            raise ValueError(f"unknown fault(s) {unknown}; known: {list(FAULTS)}")
-        if sum(self.rates.values()) > 1.0 or any(p < 0 for p in self.rates.values()):
-            raise ValueError(f"fault rates {self.rates} must be >= 0 and sum to at most 1")
-        self.by_video = {k: list(v) for k, v in self.by_video.items()}
-        self.script = list(self.script)
-        self._rng = random.Random(self.seed)
-        self._lock = threading.Lock()
-
-    def next_fault(self, video_sha: str) -> str:
-        with self._lock:
-            queue = self.by_video.get(video_sha)
-            if queue:
-                return queue.pop(0)
-            if self.script:
-                return self.script.pop(0)
-            draw = self._rng.random()
-            for name, rate in self.rates.items():
-                if draw < rate:
-                    return name
-                draw -= rate
-            return "ok"
-
-
-class Oracle:
-    """Deterministic noisy answers: right with probability `accuracy` per (seed, video, turn)."""
-
-    def __init__(self, truth: Mapping[str, int], accuracy: float, seed: int = 0) -> None:
-        if not 0.0 <= accuracy <= 1.0:
-            raise ValueError(f"accuracy {accuracy} must lie in [0, 1]")
-        self.truth = dict(truth)
-        self.accuracy = accuracy
-        self.seed = seed
-
-    def answer(self, video_sha: str, turn: int) -> dict[str, Any]:
-        rng = random.Random(f"{self.seed}:{video_sha}:{turn}")
-        true_label = self.truth.get(video_sha)
-        if true_label is None:
-            label = int(rng.random() < WIN_BASE_RATE)
-            confidence = rng.uniform(0.5, 0.65)
-        elif rng.random() < self.accuracy:
-            label, confidence = true_label, rng.uniform(0.65, 0.95)
-        else:
-            label, confidence = 1 - true_label, rng.uniform(0.5, 0.75)
-        name, other = ("win", "lose") if label else ("lose", "win")
-        support = rng.sample(_WIN_CUES if label else _LOSE_CUES, 3)
-        against = rng.choice(_LOSE_CUES if label else _WIN_CUES)
-        stamps = sorted(rng.sample(range(5, 600), 4))
-        observations = [
-            f"{t // 60:02d}:{t % 60:02d} the player {cue}"
-            for t, cue in zip(stamps, [*support, against], strict=True)
-        ]
-        reasoning = (
-            f"Three of the four cues point to a {name}: the player {support[0]}, "
-            f"{support[1]} and {support[2]}. The player also {against}, which alone would "
-            f"suggest a {other}, but it is a single cue against a consistent pattern."
-        )
-        if turn > 1:
-            reasoning = (
-                "On reflection, politeness could mask the felt emotion and no single cue "
-                f"should decide; the pattern still supports a {name}. " + reasoning
-            )
-        return {
-            "observations": observations,
-            "reasoning": reasoning,
-            "label": name,
-            "confidence": round(confidence, 3),
-            "transcript_summary": (
-                "Simulated summary: the player answers questions about the match, "
-                "the conditions and the schedule ahead."
-            ),
-        }
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess import imigue, vlm_sim
+from preprocess import imigue, vlm_oracle, vlm_sim
 
 BRANCHES = ("keypoints", "image", "text")
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     print("2. preprocessing with the simulated VLM (a noisy oracle, not Gemini)", flush=True)
     manifest = imigue.build_manifest(imigue.CorpusLayout(corpus))
-    truth = vlm_sim.truth_for_videos(
+    truth = vlm_oracle.truth_for_videos(
         (row.video_path, row.label) for row in manifest if row.video_path
     )
     raw = out / "raw"

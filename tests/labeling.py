@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess import vlm_sim
+from preprocess import vlm_oracle, vlm_sim
 from preprocess.label_config import LabelerConfig
 from preprocess.label_results import VideoItem
 from preprocess.labeler import label_videos
@@ -36,11 +36,11 @@ def write_real_video(path: Path, seconds: float, fps: int = 10) -> None:
 
 
 def truth_of(items: list[VideoItem]) -> dict[str, int]:
-    return vlm_sim.truth_for_videos([(v.path, v.label) for v in items])
+    return vlm_oracle.truth_for_videos([(v.path, v.label) for v in items])
 
 
 def sha(item: VideoItem) -> str:
-    return vlm_sim.sha256_file(item.path)
+    return vlm_oracle.sha256_file(item.path)
 
 
 def config(tmp_path: Path, sim: vlm_sim.SimulatedVLM, **overrides) -> LabelerConfig:

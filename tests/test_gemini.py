@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from labeling import KEY, make_videos, sha, truth_of, turn_counts_in, write_real_video
 
-from preprocess import gemini, prompts, vlm_sim
+from preprocess import gemini, prompts, vlm_oracle, vlm_sim
 from preprocess.label_config import API_KEY_ENV_VARS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_key_never_reaches_logs_cache_or_errors(tmp_path, monkeypatch, caplog, c
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     items = make_videos(tmp_path / "v", 4, size=3000)
-    plan = vlm_sim.FaultPlan(
+    plan = vlm_oracle.FaultPlan(
         by_video={sha(items[0]): ["echo_key"], sha(items[1]): ["429"], sha(items[2]): ["slow"]}
     )
     caplog.set_level(logging.DEBUG)
@@ -100,7 +100,7 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
 
     # The fifth request hangs (until its client goes away): the kill always lands on a request
     # in flight, after some videos are done, with no race against the answer.
-    plan = vlm_sim.FaultPlan(script=["ok"] * 4 + ["slow"])
+    plan = vlm_oracle.FaultPlan(script=["ok"] * 4 + ["slow"])
     with vlm_sim.SimulatedVLM(truth_of(items), api_key=KEY, faults=plan, slow_s=60) as sim:
         first = launch(sim, "run1")
         deadline = time.monotonic() + 40

@@ -10,7 +10,7 @@ import time
 import pytest
 from labeling import KEY, config, make_videos, run, sha, truth_of, turn_counts
 
-from preprocess import labeler, prompts, vlm_sim
+from preprocess import labeler, prompts, vlm_oracle, vlm_sim
 from preprocess.label_results import Failure, LabelResult, VideoItem, summarize
 
 
@@ -40,7 +40,7 @@ def test_labels_every_video_with_two_turns(tmp_path):
 @pytest.mark.parametrize(("faults", "turn1_requests"), [(["429", "429"], 3), (["500"], 2)])
 def test_rate_limits_and_server_errors_are_retried(tmp_path, faults, turn1_requests):
     items = make_videos(tmp_path / "v", 2)
-    plan = vlm_sim.FaultPlan(by_video={sha(items[0]): faults})
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): faults})
     with vlm_sim.SimulatedVLM(truth_of(items), faults=plan, api_key=KEY) as sim:
         results = run(items, config(tmp_path, sim))
         assert turn_counts(sim, sha(items[0])) == [turn1_requests, 1]
@@ -50,7 +50,7 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path, faults, turn1_reque
 
 def test_retries_stop_after_max_attempts(tmp_path):
     items = make_videos(tmp_path / "v", 1)
-    plan = vlm_sim.FaultPlan(by_video={sha(items[0]): ["503"] * 10})
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["503"] * 10})
     with vlm_sim.SimulatedVLM(faults=plan, api_key=KEY) as sim:
         (result,) = run(items, config(tmp_path, sim, max_attempts=3)).values()
         assert turn_counts(sim, sha(items[0])) == [3, 0]
@@ -70,7 +70,7 @@ def test_retries_stop_after_max_attempts(tmp_path):
 def test_reply_that_stays_bad_is_a_failure_and_the_batch_goes_on(tmp_path, fault, reason):
     items = make_videos(tmp_path / "v", 3)
     bad = items[1]
-    plan = vlm_sim.FaultPlan(by_video={sha(bad): [fault, fault]})
+    plan = vlm_oracle.FaultPlan(by_video={sha(bad): [fault, fault]})
     with vlm_sim.SimulatedVLM(truth_of(items), faults=plan, api_key=KEY) as sim:
         cfg = config(tmp_path, sim, bad_response_attempts=2)
         results = run(items, cfg)
@@ -95,7 +95,7 @@ def test_reply_that_stays_bad_is_a_failure_and_the_batch_goes_on(tmp_path, fault
 
 def test_one_bad_reply_is_asked_again(tmp_path):
     items = make_videos(tmp_path / "v", 1)
-    plan = vlm_sim.FaultPlan(by_video={sha(items[0]): ["malformed"]})
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["malformed"]})
     with vlm_sim.SimulatedVLM(faults=plan, api_key=KEY) as sim:
         (result,) = run(items, config(tmp_path, sim)).values()
         assert turn_counts(sim, sha(items[0])) == [2, 1]
@@ -104,7 +104,7 @@ def test_one_bad_reply_is_asked_again(tmp_path):
 
 def test_slow_reply_times_out_and_is_retried_or_fails(tmp_path):
     items = make_videos(tmp_path / "v", 2)
-    plan = vlm_sim.FaultPlan(by_video={sha(items[0]): ["slow"], sha(items[1]): ["slow"] * 5})
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["slow"], sha(items[1]): ["slow"] * 5})
     with vlm_sim.SimulatedVLM(faults=plan, slow_s=30.0, api_key=KEY) as sim:
         start = time.monotonic()
         cfg = config(tmp_path, sim, timeout_s=0.3, max_attempts=2)
@@ -164,7 +164,7 @@ def test_cache_means_nothing_is_paid_twice(tmp_path):
 
 def test_first_turn_is_checkpointed_when_the_second_fails(tmp_path):
     items = make_videos(tmp_path / "v", 1)
-    plan = vlm_sim.FaultPlan(by_video={sha(items[0]): ["ok", "empty", "empty"]})
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["ok", "empty", "empty"]})
     with vlm_sim.SimulatedVLM(faults=plan, api_key=KEY) as sim:
         cfg = config(tmp_path, sim)
         (failed,) = run(items, cfg).values()

@@ -16,7 +16,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from preprocess import prompts, vlm_sim
+from preprocess import prompts, vlm_oracle, vlm_sim
 
 KEY = "sim-test-key-0123456789"
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,9 @@ def _client(sim: vlm_sim.SimulatedVLM) -> genai.Client:
 
 def test_generate_content_has_gemini_shape_and_says_it_is_a_simulation():
     video = os.urandom(3000)
-    with vlm_sim.SimulatedVLM({vlm_sim.sha256_bytes(video): 0}, accuracy=1.0, api_key=KEY) as sim:
+    with vlm_sim.SimulatedVLM(
+        {vlm_oracle.sha256_bytes(video): 0}, accuracy=1.0, api_key=KEY
+    ) as sim:
         response = _post(sim, _generate_body(video))
     assert response.status_code == 200
     assert "simulated-vlm" in response.headers["server"]
@@ -98,7 +100,7 @@ def test_requests_without_key_schema_or_video_are_refused_like_the_api():
 def test_oracle_accuracy_determinism_and_informative_confidence():
     shas = [f"{i:064x}" for i in range(600)]
     truth = {sha: i % 2 for i, sha in enumerate(shas)}
-    oracle = vlm_sim.Oracle(truth, accuracy=0.8, seed=3)
+    oracle = vlm_oracle.Oracle(truth, accuracy=0.8, seed=3)
     answers = [oracle.answer(sha, 2) for sha in shas]
     correct = [
         prompts.LABEL_TO_INT[a["label"]] == truth[sha] for a, sha in zip(answers, shas, strict=True)
@@ -107,8 +109,8 @@ def test_oracle_accuracy_determinism_and_informative_confidence():
     conf_right = [a["confidence"] for a, c in zip(answers, correct, strict=True) if c]
     conf_wrong = [a["confidence"] for a, c in zip(answers, correct, strict=True) if not c]
     assert sum(conf_right) / len(conf_right) > sum(conf_wrong) / len(conf_wrong) + 0.1
-    assert [vlm_sim.Oracle(truth, 0.8, seed=3).answer(s, 2) for s in shas[:20]] == answers[:20]
-    assert [vlm_sim.Oracle(truth, 0.8, seed=4).answer(s, 2) for s in shas[:20]] != answers[:20]
+    assert [vlm_oracle.Oracle(truth, 0.8, seed=3).answer(s, 2) for s in shas[:20]] == answers[:20]
+    assert [vlm_oracle.Oracle(truth, 0.8, seed=4).answer(s, 2) for s in shas[:20]] != answers[:20]
     for answer in answers[:5]:
         prompts.LabelAnswer.model_validate(answer)
     unknown = oracle.answer("f" * 64, 1)
@@ -116,14 +118,14 @@ def test_oracle_accuracy_determinism_and_informative_confidence():
 
 
 def test_fault_plan_order_and_seeded_rates():
-    plan = vlm_sim.FaultPlan(by_video={"a": ["429", "500"]}, script=["empty"])
+    plan = vlm_oracle.FaultPlan(by_video={"a": ["429", "500"]}, script=["empty"])
     assert [plan.next_fault("a") for _ in range(4)] == ["429", "500", "empty", "ok"]
-    rated = [vlm_sim.FaultPlan(rates={"503": 0.3}, seed=1) for _ in range(2)]
+    rated = [vlm_oracle.FaultPlan(rates={"503": 0.3}, seed=1) for _ in range(2)]
     draws = [[p.next_fault("x") for _ in range(2000)] for p in rated]
     assert draws[0] == draws[1]
     assert 0.26 < draws[0].count("503") / 2000 < 0.34
     with pytest.raises(ValueError, match="unknown fault"):
-        vlm_sim.FaultPlan(script=["teapot"])
+        vlm_oracle.FaultPlan(script=["teapot"])
 
 
 @pytest.mark.parametrize(
@@ -141,8 +143,8 @@ def test_fault_plan_order_and_seeded_rates():
 )  # fmt: skip
 def test_injected_faults_over_http(fault, check):
     video = os.urandom(64)
-    sha = vlm_sim.sha256_bytes(video)
-    with vlm_sim.SimulatedVLM(faults=vlm_sim.FaultPlan(by_video={sha: [fault]})) as sim:
+    sha = vlm_oracle.sha256_bytes(video)
+    with vlm_sim.SimulatedVLM(faults=vlm_oracle.FaultPlan(by_video={sha: [fault]})) as sim:
         assert check(_post(sim, _generate_body(video)))
         assert _post(sim, _generate_body(video)).status_code == 200  # script consumed
         assert sim.generate_counts()[sha] == 2
@@ -160,7 +162,7 @@ def _text_is_not_json(response: httpx.Response) -> bool:
 
 def test_slow_reply_is_abandoned_when_the_client_hangs_up():
     video = os.urandom(64)
-    plan = vlm_sim.FaultPlan(script=["slow"])
+    plan = vlm_oracle.FaultPlan(script=["slow"])
     with vlm_sim.SimulatedVLM(faults=plan, slow_s=30.0) as sim:
         start = time.monotonic()
         with pytest.raises(httpx.TimeoutException):
@@ -174,7 +176,7 @@ def test_slow_reply_is_abandoned_when_the_client_hangs_up():
 
 def test_files_api_resumable_upload_poll_and_reference_by_uri():
     video = os.urandom(5000)
-    truth = {vlm_sim.sha256_bytes(video): 1}
+    truth = {vlm_oracle.sha256_bytes(video): 1}
     with vlm_sim.SimulatedVLM(truth, accuracy=1.0, api_key=KEY, processing_polls=1) as sim:
         client = _client(sim)
         uploaded = client.files.upload(
@@ -204,22 +206,22 @@ def test_files_api_resumable_upload_poll_and_reference_by_uri():
 def test_truth_file_round_trip_and_errors(tmp_path):
     video = tmp_path / "a.mp4"
     video.write_bytes(b"abc")
-    truth = vlm_sim.truth_for_videos([(video, "win")])
+    truth = vlm_oracle.truth_for_videos([(video, "win")])
     path = tmp_path / "truth.json"
     path.write_text(json.dumps({k: "win" for k in truth}))
-    assert vlm_sim.load_truth(path) == {vlm_sim.sha256_bytes(b"abc"): 1}
+    assert vlm_oracle.load_truth(path) == {vlm_oracle.sha256_bytes(b"abc"): 1}
     path.write_text(json.dumps({"not-a-hash": 1}))
     with pytest.raises(ValueError, match="not-a-hash"):
-        vlm_sim.load_truth(path)
+        vlm_oracle.load_truth(path)
     path.write_text(json.dumps({"a" * 64: "draw"}))
     with pytest.raises(ValueError, match="draw"):
-        vlm_sim.load_truth(path)
+        vlm_oracle.load_truth(path)
 
 
 def test_command_line_server_answers(tmp_path):
     video = os.urandom(256)
     truth = tmp_path / "truth.json"
-    truth.write_text(json.dumps({vlm_sim.sha256_bytes(video): "lose"}))
+    truth.write_text(json.dumps({vlm_oracle.sha256_bytes(video): "lose"}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "preprocess.vlm_sim", "--truth", str(truth), "--accuracy", "1"],
         cwd=REPO,

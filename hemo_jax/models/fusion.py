@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hemo_jax.models.dropout import Dropout
 from hemo_jax.models.partitioning import axes
 from hemo_jax.models.transformer import Mlp, MultiHeadAttention, layer_norm
 
@@ -68,7 +69,7 @@ class ClassifierHead(nnx.Module):
 
     def __init__(self, width: int, num_classes: int, dropout: float, *, rngs: nnx.Rngs):
         self.norm = layer_norm(width, "float32", rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = Dropout(dropout, rngs=rngs)
         self.linear = nnx.Linear(
             width,
             num_classes,
@@ -107,7 +108,7 @@ class ConcatFusion(nnx.Module):
         self.proj = _project(sum(widths.values()), cfg.width, cfg.dtype, rngs)
         self.norm = layer_norm(cfg.width, cfg.dtype, rngs)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
         self.head = ClassifierHead(cfg.width, cfg.num_classes, cfg.dropout, rngs=rngs)
 
     def __call__(
@@ -130,7 +131,7 @@ class CrossAttentionBlock(nnx.Module):
         )
         self.norm_mlp = layer_norm(cfg.width, cfg.dtype, rngs)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(
         self, q: jax.Array, kv: jax.Array, mask: jax.Array, *, deterministic: bool

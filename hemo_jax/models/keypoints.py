@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from hemo_jax.data import schema
+from hemo_jax.models.dropout import Dropout
 from hemo_jax.models.fusion import ClassifierHead
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
 from hemo_jax.models.transformer import TransformerConfig, TransformerEncoder
@@ -223,7 +224,7 @@ class JointBlock(nnx.Module):
         self.mix = mix
         self.up = _linear(c, 2 * c, ("joint_channels", "joint_hidden"), rngs)
         self.down = _linear(2 * c, c, ("joint_hidden", "joint_channels"), rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         x = x + self.drop(self.mix(self.norm1(x)), deterministic=deterministic)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hemo_jax.models.attention import attention
+from hemo_jax.models.dropout import Dropout
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
 
 POOLINGS = ("mean", "attention")
@@ -208,7 +209,7 @@ class EncoderBlock(nnx.Module):
         self.attn = _attention(cfg, rngs)
         self.norm2 = layer_norm(cfg.width, cfg.dtype, rngs)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.drop = Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(
         self, x: jax.Array, mask: jax.Array | None, positions: jax.Array, *, deterministic: bool
