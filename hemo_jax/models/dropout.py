@@ -3,8 +3,8 @@
 Why not ``nnx.Dropout``: it draws one ``jax.random.bernoulli`` word per element, and
 on CPU jax lowers threefry as a rolled loop of five rounds, each a separate kernel that
 writes the whole mask-sized state. Dropping 10% of a [16, 64, 70, 8] activation took
-10.2 ms that way against 2.1 ms here, and 1.1 ms for scaling it without any mask
-(``benchmarks/dropout.py``, 2 CPU cores); the demo's fused train step got 14-15%
+4.9-10.2 ms that way against 1.5-2.1 ms here, and 0.8-1.1 ms for scaling it without
+any mask (``benchmarks/dropout.py``, two runs, 2 CPU cores); the demo's fused train step got 14-15%
 faster with this module, within 2% of dropout off. Here each element's bits are
 ``lowbias32`` (a 32-bit integer hash with full avalanche) of its flat index, xor-ed with
 the call's seed words in turn, which XLA fuses into the kernel that applies the mask.
