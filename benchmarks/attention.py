@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from preprocess.atomic import write_json_atomic
+
 RESULTS = Path(__file__).parent / "results"
 BATCH, HEADS, HEAD_DIM = 1, 8, 64
 CPU_LENGTHS = (1024, 4096, 16384, 65536)
@@ -374,9 +376,7 @@ def write_results(out, command, started, load_start, rows, table, dtype, impls) 
         "rows": rows,
         "table": table,
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, payload)
 
 
 if __name__ == "__main__":

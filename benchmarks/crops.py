@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -38,6 +37,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hemo_jax.data.schema import NUM_KEYPOINTS  # noqa: E402
+from preprocess.atomic import write_json_atomic  # noqa: E402
 from preprocess.detect import (  # noqa: E402
     CropParams,
     FullFrameDetector,
@@ -191,10 +191,7 @@ def main() -> None:
         "rows": rows,
         "skipped": skipped,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
     print(_table(rows))
     for line in skipped:
         print(f"\nskipped: {line}")

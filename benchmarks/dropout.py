@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from hemo_jax.models.dropout import Dropout  # noqa: E402
+from preprocess.atomic import write_json_atomic  # noqa: E402
 
 SHAPE = (16, 64, 70, 8)
 RATE = 0.1
@@ -103,9 +103,7 @@ def main() -> None:
         "rate": RATE,
         "rows": rows,
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, payload)
     print(f"\nwrote {out}")
 
 

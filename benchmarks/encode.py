@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from preprocess.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results" / "encode.json"
 
@@ -241,10 +242,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
 
     print(
         f"{result['model']}; device {args.device}, {cores} cores, "

@@ -41,6 +41,7 @@ from flax import nnx
 from transformers.initialization import no_init_weights
 
 from hemo_jax.models import attention, bert, dinov2
+from preprocess.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -255,10 +256,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
 
     after = result["machine"]["load_average_after"][0]
     print(f"cores: {cores}, load average before / after the run: {load[0]:.1f} / {after:.1f}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -39,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hemo_jax.models.attention import IMPLEMENTATIONS, attention  # noqa: E402
+from preprocess.atomic import write_json_atomic  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 in the ground truth
 TOL = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 2e-2)}  # (output, gradient) relative
@@ -216,10 +216,7 @@ PARTS = {"attention": attention_checks, "train": train_checks, "parity": parity_
 def _write(path: Path, payload: dict) -> None:
     passed = sum(c["ok"] for c in payload["checks"])
     payload["summary"] = {"passed": passed, "failed": len(payload["checks"]) - passed}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, default=float)
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from preprocess.atomic import write_json_atomic
+
 # torch is asked about its device in this process too: JAX takes memory as it goes.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -109,10 +111,7 @@ def main() -> None:
             env[key] = probe()
         except Exception as err:  # the rest of the description is still worth having
             env[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(env, indent=2))
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, env)
     print(json.dumps(env, indent=2))
 
 

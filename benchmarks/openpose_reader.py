@@ -27,10 +27,12 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from preprocess.atomic import write_json_atomic  # noqa: E402
 from preprocess.openpose import SECTIONS, parse_openpose_frame, read_openpose_dir  # noqa: E402
 
 
@@ -178,9 +180,7 @@ def main() -> None:
     }
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "openpose_reader.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomic(Path(path), result)
     before, after = (", ".join(f"{x:.1f}" for x in load) for load in (load_before, os.getloadavg()))
     per_file = size / args.frames
     print(f"{args.frames} frames, {per_file:.0f} B/file, best of {args.repeats}")

@@ -61,6 +61,7 @@ from flax import nnx  # noqa: E402
 from configs import demo  # noqa: E402
 from hemo_jax.models import factory  # noqa: E402
 from hemo_jax.training import sharding, trainer  # noqa: E402
+from preprocess.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 NUM_KEYPOINTS = 137
@@ -514,13 +515,6 @@ def print_gpu_table(result: dict[str, Any]) -> None:
         )
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke sizes")
@@ -564,7 +558,7 @@ def main() -> None:
             loadavg_after=os.getloadavg(),
             settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
         )
-        write_json(out, payload)
+        write_json_atomic(out, payload)
 
     if args.gpu:
         out = args.out or RESULTS / "train_step_gpu.json"

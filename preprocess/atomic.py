@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Writes `payload` as indented, key-sorted JSON to `path`, creating its folder."""
+def write_json_atomic(
+    path: Path, payload: Any, *, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Writes `payload` as indented, key-sorted JSON to `path`, creating its folder;
+    `default` converts what json cannot (as in `json.dump`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
+            json.dump(payload, f, indent=1, sort_keys=True, default=default)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from preprocess.atomic import write_json_atomic
@@ -24,3 +25,9 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"kept": True}
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_default_converts_what_json_cannot(tmp_path):
+    path = tmp_path / "result.json"
+    write_json_atomic(path, {"ratio": np.float32(0.5), "ok": np.bool_(True)}, default=float)
+    assert json.loads(path.read_text()) == {"ratio": 0.5, "ok": 1.0}
