@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -31,3 +33,12 @@ def test_default_converts_what_json_cannot(tmp_path):
     path = tmp_path / "result.json"
     write_json_atomic(path, {"ratio": np.float32(0.5), "ok": np.bool_(True)}, default=float)
     assert json.loads(path.read_text()) == {"ratio": 0.5, "ok": 1.0}
+
+
+def test_new_file_gets_the_permissions_the_umask_allows(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "shared.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o640
