@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from preprocess.label_cache import file_sha256
+
 FAULTS = ("ok", "429", "500", "503", "malformed", "schema", "empty", "safety", "slow", "echo_key")
 WIN_BASE_RATE = 258 / 359
 
@@ -44,14 +46,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _parse_label(value: Any, where: str) -> int:
     if value in (1, "1", "win", "positive"):
         return 1
@@ -62,7 +56,8 @@ def _parse_label(value: Any, where: str) -> int:
 
 def truth_for_videos(items: Iterable[tuple[str | Path, Any]]) -> dict[str, int]:
     """(video path, label) pairs -> {sha256 of the file: 1 win / 0 lose} for the oracle."""
-    return {sha256_file(path): _parse_label(label, str(path)) for path, label in items}
+    # Hashed as the labeler hashes the videos it sends, so the two always agree.
+    return {file_sha256(Path(path)): _parse_label(label, str(path)) for path, label in items}
 
 
 def load_truth(path: str | Path) -> dict[str, int]:

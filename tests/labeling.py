@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from preprocess import vlm_oracle, vlm_sim
+from preprocess.label_cache import file_sha256
 from preprocess.label_config import LabelerConfig
 from preprocess.label_results import VideoItem
 from preprocess.labeler import label_videos
@@ -40,7 +41,7 @@ def truth_of(items: list[VideoItem]) -> dict[str, int]:
 
 
 def sha(item: VideoItem) -> str:
-    return vlm_oracle.sha256_file(item.path)
+    return file_sha256(item.path)
 
 
 def config(tmp_path: Path, sim: vlm_sim.SimulatedVLM, **overrides) -> LabelerConfig:

@@ -23,6 +23,7 @@ from hemo_jax.data.shards import open_shards
 from preprocess import vlm_oracle, vlm_sim
 from preprocess.__main__ import main
 from preprocess.imigue import CorpusLayout, build_manifest
+from preprocess.label_cache import file_sha256
 from preprocess.run import STATUS_FILE
 from preprocess.synth import SynthConfig, write_corpus
 
@@ -157,7 +158,7 @@ def test_run_labels_crops_and_lists_corrupt_videos(corpus, tmp_path, key):
         before = generate_shas(sim)
         assert run(corpus, out, *gemini_args(sim, out)) == 0
         asked = generate_shas(sim) - before
-        assert set(asked) == {vlm_oracle.sha256_file(garbage), vlm_oracle.sha256_file(mp4)}
+        assert set(asked) == {file_sha256(garbage), file_sha256(mp4)}
         assert all(n == 2 for n in asked.values())  # Chain-of-Thought, then Reflection
         state = status(out)
         assert state["failed"] == {}
@@ -178,7 +179,7 @@ def test_run_labels_crops_and_lists_corrupt_videos(corpus, tmp_path, key):
 def test_a_failed_label_fails_its_video_until_a_rerun_gets_it(corpus, tmp_path, key):
     rows = manifest(corpus)
     truth = vlm_oracle.truth_for_videos([(r.video_path, r.label) for r in rows.values()])
-    unlucky = vlm_oracle.sha256_file(rows["4"].video_path)
+    unlucky = file_sha256(rows["4"].video_path)
     faults = vlm_oracle.FaultPlan(by_video={unlucky: ["500"]})
     out = tmp_path / "shards"
     with vlm_sim.SimulatedVLM(truth, accuracy=1.0, api_key=KEY, faults=faults) as sim:
@@ -201,7 +202,7 @@ def test_a_failed_label_fails_its_video_until_a_rerun_gets_it(corpus, tmp_path, 
 
 def test_keep_unlabelled_writes_the_video_without_a_pseudo_label(corpus, tmp_path, key):
     rows = manifest(corpus)
-    blocked = vlm_oracle.sha256_file(rows["4"].video_path)
+    blocked = file_sha256(rows["4"].video_path)
     faults = vlm_oracle.FaultPlan(by_video={blocked: ["safety"] * 4})
     out = tmp_path / "shards"
     with vlm_sim.SimulatedVLM(api_key=KEY, faults=faults) as sim:
