@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
+from hemo_jax.models import attention as attention_module
 from hemo_jax.models.attention import (
     BlockSizes,
     attention,
@@ -110,6 +111,7 @@ DENSE_CASES = [
     (2, 33, 33, 3, 16, 1, "lengths"),
     (2, 33, 20, 3, 16, 3 * 33 * 20 * 4, "mask"),
     (3, 20, 45, 2, 8, 2 * 20 * 45 * 4 + 1, None),
+    (2, 33, 33, 2, 48, None, "lengths"),  # wide heads: autodiff backward
 ]
 
 
@@ -136,10 +138,15 @@ def test_dense_matches_reference(batch, tq, tk, heads, dim, chunk_bytes, padding
     np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=1e-5, err_msg="output")
     for name, g, ref in zip("qkv", grads, ref_grads, strict=True):
         np.testing.assert_allclose(g, ref, atol=2e-5, rtol=1e-5, err_msg=f"d{name}")
-    # The chunked cases really run as a loop over chunks; the others in one pass.
-    jaxpr = str(jax.make_jaxpr(run)(q, k, v, w, key_mask))
+    # The chunked forwards really run as a loop over chunks; the others in one pass
+    # (the backward is blockwise's, a loop over tiles either way).
+    forward = functools.partial(dense_attention, scale=dim**-0.5, chunk_bytes=chunk_bytes)
+    jaxpr = str(jax.make_jaxpr(forward)(q, k, v, key_mask))
     chunked = chunk_bytes is not None and chunk_bytes < batch * heads * tq * tk * 4
     assert ("scan" in jaxpr) == chunked
+    # Narrow heads take the tiled backward (a custom VJP), wide ones autodiff.
+    tiled = dim <= attention_module._DENSE_TILED_BACKWARD_MAX_DIM
+    assert ("custom_vjp_call" in jaxpr) == tiled
 
 
 def test_dense_chunks_only_large_logits():
