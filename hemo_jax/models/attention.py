@@ -210,21 +210,19 @@ def _dense_bwd(scale, chunk_bytes, residuals, d_out):
     # Padded query positions get lse = +inf: their probabilities are exactly 0.
     lse = jnp.pad(lse, ((0, 0), (0, nq * bq - tq)), constant_values=jnp.inf)
     lse = lse.reshape(batch * heads // g, g, nq, bq).transpose(0, 2, 1, 3)
-    q_blocks = _to_blocks(q * jnp.asarray(scale, q.dtype), bq, g)
-    do_blocks = _to_blocks(d_out, bq, g)
-    dq_t, dk, dv = _backward_update(
-        q_blocks,
+    block_residuals = (
+        _to_blocks(q * jnp.asarray(scale, q.dtype), bq, g),
         _to_blocks(k, bk, g),
         _to_blocks(v, bk, g),
         _bias_blocks(key_mask, batch, heads, tk, bk, g),
-        do_blocks,
+        _to_blocks(out, bq, g),
         lse,
-        _delta(_to_blocks(out, bq, g), do_blocks),
-        _zero_dq_t(q_blocks),
     )
-    dq = _from_blocks(jnp.swapaxes(dq_t, -1, -2), batch, heads, tq) * scale
+    dq, dk, dv, _ = _blockwise_bwd(block_residuals, _to_blocks(d_out, bq, g))
+    # The blocks hold the scaled queries: their gradient times the scale is q's.
+    dq = _from_blocks(dq, batch, heads, tq) * scale
     dk, dv = (_from_blocks(x, batch, heads, tk) for x in (dk, dv))
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return dq.astype(q.dtype), dk, dv, None
 
 
 _dense_core.defvjp(_dense_fwd, _dense_bwd)
