@@ -14,9 +14,7 @@ counts. Results go to benchmarks/results/dropout.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+from run_info import run_info  # noqa: E402
 
 from hemo_jax.models.dropout import Dropout  # noqa: E402
 from preprocess.atomic import write_json_atomic  # noqa: E402
@@ -93,12 +92,7 @@ def main() -> None:
         print(f"| {r['module']} | {r['mode']} | {r['median_ms']:.2f} |")
     out = ROOT / "benchmarks" / "results" / "dropout.json"
     payload = {
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "versions": {"jax": jax.__version__},
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
+        **run_info(load_before),
         "shape": SHAPE,
         "rate": RATE,
         "rows": rows,

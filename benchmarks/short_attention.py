@@ -15,9 +15,7 @@ the median call counts. Results go to benchmarks/results/short_attention.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from run_info import run_info  # noqa: E402
 
 from hemo_jax.models import attention  # noqa: E402
 from preprocess.atomic import write_json_atomic  # noqa: E402
@@ -100,12 +99,7 @@ def main() -> None:
             print(f"| {shape} | {cells} | {ratio:.2f} |", flush=True)
     out = ROOT / "benchmarks" / "results" / "short_attention.json"
     payload = {
-        "command": " ".join([".venv/bin/python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "versions": {"jax": jax.__version__},
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
+        **run_info(load_before),
         "tiled_backward_max_dim": attention._DENSE_TILED_BACKWARD_MAX_DIM,
         "rows": rows,
     }
