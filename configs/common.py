@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0
     c.data.balanced_sampling = False  # class-balanced sampling instead of class weights
     c.data.text_source = "transcript"  # transcript | reasoning | both
+    # "k/K": leave fold k of K (subject-disjoint) out of the labelled training videos, so
+    # the run predicts them out of fold for the stacked fusion (hemo_jax.stack).
+    c.data.fold = ""
     c.data.max_text_tokens = 128
 
     c.model = ml_collections.ConfigDict()

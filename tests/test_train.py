@@ -7,6 +7,8 @@ of a smoke run on a CPU); runs that do not depend on each other go in parallel.
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import signal
 import time
@@ -16,7 +18,10 @@ import pytest
 from records import FEATURE_DIM, launch_train, run_env, train_rows, write_learnable_shards
 
 from configs import finetune, pretrain
-from hemo_jax.training import checkpoint
+from hemo_jax import stack
+from hemo_jax.data import splits
+from hemo_jax.data.shards import open_shards
+from hemo_jax.training import checkpoint, stacking
 
 SMOKE_STEPS = 6
 
@@ -40,7 +45,8 @@ def data_args(base):
 @pytest.fixture(scope="module")
 def first_runs(base, env, data_args):
     """Every run that needs no other, launched together: the three stage-1 smoke runs
-    (text in mixed precision) and one with a misspelt override."""
+    (text in mixed precision), the image run on two folds (for the stacked fusion)
+    and one with a misspelt override."""
     runs = {
         name: launch_train(f"pretrain.py:{name},smoke", base / name, *data_args, env=env)
         for name in ("keypoints", "image")
@@ -52,6 +58,14 @@ def first_runs(base, env, data_args):
         "--config.train.compute_dtype=bfloat16",
         env=env,
     )
+    for k in range(2):
+        runs[f"image_fold{k}"] = launch_train(
+            "pretrain.py:image,smoke",
+            base / f"image_fold{k}",
+            *data_args,
+            f"--config.data.fold={k}/2",
+            env=env,
+        )
     runs["misspelt"] = launch_train(
         "pretrain.py:image,smoke", base / "misspelt", *data_args, "--config.optim.lrr=1", env=env
     )
@@ -225,6 +239,39 @@ def test_stage1_smoke_run_trains_and_checkpoints(first_runs, branch):
     assert list(params["branches"]) == [branch]
     # Parameters stay float32, mixed precision (text) included.
     assert {a.dtype for a in _leaves(params)} == {np.dtype(np.float32)}
+
+
+@pytest.mark.slow
+def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base):
+    full = str(_finished(first_runs["image"], "stage-1 image smoke run"))
+    folds = [str(_finished(first_runs[f"image_fold{k}"], f"image fold {k} run")) for k in (0, 1)]
+    out = base / "stacked"
+    stack.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
+
+    saved = json.loads((out / "stack.json").read_text())
+    assert saved["features"] == ["image", "labeler"]
+    assert saved["fit_rows"] == {"out_of_fold": 16, "pool": 8}
+    with open(out / "fit_rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    oof = {r["video_id"]: float(r["image"]) for r in rows if r["source"] == "out_of_fold"}
+    assert sorted(oof) == [f"v{i:03d}" for i in range(16)]  # every training video, once
+    pool = [r for r in rows if r["source"] == "pool"]
+    assert {(r["labeler"], r["weight"]) for r in pool} == {("0.000000", "0.900000")}
+
+    # Each training video's feature is the prediction of the run that did not train on it.
+    shards = open_shards(str(base / "shards"))
+    fold_of = splits.assign_folds(shards.infos, ("train",), 2)
+    preds = [stack.Stage1Run(w, "latest").predict(shards, "train") for w in folds]
+    for i, r in enumerate(shards.infos):
+        if r.split == "train":
+            k = fold_of[splits.group_of(r)]
+            assert oof[r.video_id] == pytest.approx(stacking.log_odds(preds[k][i]), abs=1e-5)
+    assert json.loads((out / "report" / "metrics.json").read_text())["num_videos"] == 8
+
+    with pytest.raises(ValueError, match="no run of fold 1/2"):
+        stack.stack(str(base / "stacked_bad"), [full, folds[0]])
+    with pytest.raises(ValueError, match="no full run"):
+        stack.stack(str(base / "stacked_bad"), folds)
 
 
 def test_configs_refuse_unknown_variants_and_keys():

@@ -59,6 +59,7 @@ class PipelineConfig:
     confidence_weighting: bool = True  # pool records weighted by labeler confidence
     balance_classes: bool = False  # class-weighted loss
     balanced_sampling: bool = False  # repeat minority-class records instead
+    hold_out: tuple[int, int] | None = None  # (k, K): fold k of the labelled records left out
     seed: int = 0
     num_epochs: int | None = None  # training: None repeats forever
     num_workers: int = 0  # grain worker processes; 0 reads in this process
@@ -286,6 +287,7 @@ def make_dataset(
         confidence_weighting=config.confidence_weighting,
         balance_classes=config.balance_classes,
         balanced_sampling=config.balanced_sampling,
+        hold_out=config.hold_out,
     )
     if train:
         make = _MakeElement(shards, sel, config, config.max_frames, text_fn)

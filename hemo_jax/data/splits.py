@@ -7,6 +7,7 @@ selecting a split or the pseudo-labelled pool never decodes a record.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -33,6 +34,48 @@ class Selection:
 PSEUDO_POOLS = ("none", "unlabeled", "test")
 
 
+def parse_fold(spec: str) -> tuple[int, int] | None:
+    """``"k/K"`` (fold k of K, counted from 0) -> ``(k, K)``; ``""`` -> None."""
+    if not spec:
+        return None
+    try:
+        k, num = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"fold {spec!r} is not of the form k/K, e.g. 0/2") from None
+    if num < 2 or not 0 <= k < num:
+        raise ValueError(f"fold {spec!r}: need K >= 2 and 0 <= k < K")
+    return k, num
+
+
+def group_of(info: RecordInfo) -> str:
+    """Records of one subject share a fold, so no fold sees the person it is tested on."""
+    return f"subject:{info.subject_id}" if info.subject_id else f"video:{info.video_id}"
+
+
+def assign_folds(
+    infos: Sequence[RecordInfo], splits: Sequence[str], num_folds: int
+) -> dict[str, int]:
+    """Fold of every group (subject) with labelled records in ``splits``.
+
+    Largest groups first (ties in crc32 order, so the result depends on the ids
+    alone), each to the fold holding the fewest records so far: subject-disjoint
+    folds of near-equal size, the same for every run that asks.
+    """
+    sizes = Counter(group_of(r) for r in infos if r.split in splits and r.label >= 0)
+    if len(sizes) < num_folds:
+        raise ValueError(
+            f"{len(sizes)} subjects in splits {tuple(splits)}: too few for {num_folds} folds"
+        )
+    order = sorted(sizes, key=lambda g: (-sizes[g], zlib.crc32(g.encode()), g))
+    load = [0] * num_folds
+    folds = {}
+    for group in order:
+        fold = min(range(num_folds), key=lambda f: (load[f], f))
+        folds[group] = fold
+        load[fold] += sizes[group]
+    return folds
+
+
 def select(
     infos: Sequence[RecordInfo],
     *,
@@ -43,6 +86,7 @@ def select(
     confidence_weighting: bool = True,
     balance_classes: bool = False,
     balanced_sampling: bool = False,
+    hold_out: tuple[int, int] | None = None,
 ) -> Selection:
     """Records whose split is in ``splits``, plus the pseudo-labelled pool if asked.
 
@@ -58,6 +102,10 @@ def select(
     the same share of the summed weight (a class-weighted loss; the iMiGUE whole
     set is 258 win / 101 lose). ``balanced_sampling`` instead repeats records
     of the smaller classes until every class has as many records as the largest.
+
+    ``hold_out=(k, K)`` leaves out the labelled records of ``splits`` whose subject
+    is in fold k of K (``assign_folds``): a run trained so predicts those records
+    out of fold, for the stacked fusion. The pool is not split.
     """
     unknown = set(splits) - set(SPLITS)
     if unknown:
@@ -66,8 +114,14 @@ def select(
         raise ValueError(f"pseudo_pool {pseudo_pool!r} not one of {PSEUDO_POOLS}")
     if pseudo_pool in splits:
         raise ValueError(f"pseudo_pool {pseudo_pool!r} is also a training split")
+    held_out: set[str] = set()
+    if hold_out is not None:
+        k, num = hold_out
+        held_out = {g for g, f in assign_folds(infos, splits, num).items() if f == k}
     rows: list[tuple[int, int, float, bool]] = []
     for i, r in enumerate(infos):
+        if r.split in splits and r.label >= 0 and group_of(r) in held_out:
+            continue
         if r.split in splits:
             rows.append((i, r.label, 1.0 if r.label >= 0 else 0.0, False))
         elif (

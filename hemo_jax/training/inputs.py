@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from hemo_jax.data import pipeline
+from hemo_jax.data import pipeline, splits
 
 
 def pipeline_config(
     config: ml_collections.ConfigDict, *, train: bool, split: str | None = None
 ) -> pipeline.PipelineConfig:
     """Training reads ``data.train_splits`` (+ the pseudo pool in stage 2); evaluation
-    reads ``split`` (default ``data.eval_split``) in evenly spaced windows."""
+    reads ``split`` (default ``data.eval_split``) in evenly spaced windows; ``data.fold``
+    holds a fold out of training only."""
     d = config.data
     use_pool = train and config.pseudo.pool != "none"
     return pipeline.PipelineConfig(
@@ -27,6 +28,7 @@ def pipeline_config(
         confidence_weighting=config.pseudo.confidence_weighting,
         balance_classes=train and config.train.class_weighting and not d.balanced_sampling,
         balanced_sampling=train and d.balanced_sampling,
+        hold_out=splits.parse_fold(d.get("fold", "")) if train else None,
         seed=config.seed,
         num_workers=d.num_workers if train else 0,
     )

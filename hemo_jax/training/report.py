@@ -33,7 +33,7 @@ class VideoPrediction:
         return int(self.probability >= 0.5)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -48,7 +48,7 @@ def write_predictions_csv(path: str, rows: Sequence[VideoPrediction]) -> None:
         w.writerow(
             [r.video_id, r.label, r.pseudo_label, r.prediction, f"{r.probability:.6f}", r.reasoning]
         )
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())
 
 
 def read_metrics_log(path: str) -> list[dict]:
@@ -132,12 +132,12 @@ def write_report(
     )
     write_predictions_csv(os.path.join(out_dir, "predictions.csv"), rows)
     pngs = {
-        "curves.png": plot_curves(log),
+        **({"curves.png": plot_curves(log)} if log else {}),  # no curves without a training log
         "confusion.png": plot_confusion(cm),
         "roc.png": plot_roc(labels, probs),
     }
     for name, data in pngs.items():
-        _atomic_write(os.path.join(out_dir, name), data)
+        atomic_write(os.path.join(out_dir, name), data)
     summary = {
         "num_videos": len(rows),
         "class_counts": {"lose": int((labels == 0).sum()), "win": int((labels == 1).sum())},
@@ -145,7 +145,7 @@ def write_report(
         "confusion": cm.tolist(),
         "notes": list(notes),
     }
-    _atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2).encode())
+    atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2).encode())
 
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v.value:.3f}</td>"
@@ -180,5 +180,5 @@ def write_report(
         "max-width:1100px;margin:2em auto}td,th{padding:2px 12px;text-align:left}"
         "img{margin:8px;vertical-align:top}</style></head><body>" + body + "</body></html>"
     )
-    _atomic_write(os.path.join(out_dir, "report.html"), page.encode())
+    atomic_write(os.path.join(out_dir, "report.html"), page.encode())
     return intervals
