@@ -2,15 +2,19 @@
 
 synthetic corpus → preprocessing (keypoint crops, pseudo labels from the
 simulated VLM through the real google-genai client) → DINOv2 encoding (random
-weights) → stage 1 for each branch → stage 2 with and without the
-pseudo-labelled pool, over a few seeds → evaluation reports → a final table.
-Every step is the project's own command, run as a subprocess.
+weights) → stage 1 for each branch, on all labelled videos and on two
+subject-disjoint folds → stage 2: the stacked fusion of the branches and the
+labeler's verdict (fitted out of fold), and the jointly fine-tuned fused model
+with and without the pseudo-labelled pool over a few seeds → evaluation
+reports → a final table. Every step is the project's own command, run as a
+subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import csv
 import json
 import os
 import subprocess
@@ -20,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hemo_jax.training import metrics
 from preprocess import imigue, vlm_oracle, vlm_sim
 
 BRANCHES = ("keypoints", "image", "text")
+FOLDS = 2  # out-of-fold runs per branch for the stacked fusion
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
@@ -33,11 +39,28 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
     if done.returncode:
         tail = log.read_text().splitlines()[-30:]
         raise SystemExit(f"step failed ({' '.join(cmd)}):\n" + "\n".join(tail))
-    print(f"  {' '.join(cmd[2:5])} ... {time.time() - started:.0f} s", flush=True)
+    print(f"  {' '.join(cmd[2:5])[:150]} ... {time.time() - started:.0f} s", flush=True)
 
 
 def metrics_of(workdir: Path) -> dict[str, dict]:
     return json.loads((workdir / "report" / "metrics.json").read_text())["metrics"]
+
+
+def last_eval(workdir: Path) -> dict[str, float]:
+    """The last evaluation a training run logged (at its final step)."""
+    with open(workdir / "metrics.jsonl") as f:
+        evals = [row for line in f if (row := json.loads(line)).get("kind") == "eval"]
+    return evals[-1]
+
+
+def labeler_metrics(workdir: Path) -> dict[str, dict]:
+    """The labeler's verdicts scored like a model, from a report's per-video CSV."""
+    with open(workdir / "report" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    verdicts = np.array([float(r["pseudo_label"]) for r in rows])
+    intervals, _ = metrics.evaluate_with_intervals(labels, verdicts)
+    return {k: {"value": v.value, "low": v.low, "high": v.high} for k, v in intervals.items()}
 
 
 def main() -> None:
@@ -97,24 +120,38 @@ def main() -> None:
         env,
     )
 
-    def train(name: str, config: str, *overrides: str) -> Path:
+    def train(name: str, config: str, *overrides: str, evaluate: bool = True) -> Path:
         workdir = out / "runs" / name
         cmd = py + ["hemo_jax.train", f"--config=configs/demo.py:{config}{variant}"]
         cmd += [f"--workdir={workdir}", f"--config.data.shards={features}", *overrides]
         run(cmd, logs / f"{name}.log", env)
-        run(py + ["hemo_jax.evaluate", f"--workdir={workdir}"], logs / f"{name}.eval.log", env)
+        if evaluate:
+            run(py + ["hemo_jax.evaluate", f"--workdir={workdir}"], logs / f"{name}.eval.log", env)
+        return workdir
+
+    def stack(name: str, runs: list[Path], *flags: str) -> Path:
+        workdir = out / "runs" / name
+        cmd = py + ["hemo_jax.stack", f"--workdir={workdir}", "--runs=" + ",".join(map(str, runs))]
+        run(cmd + list(flags), logs / f"{name}.log", env)
         return workdir
 
     # The runs of a stage are independent: small models keep a process from using both
     # cores well, so they run side by side, one per core.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
 
-    print("4. stage 1: each branch alone", flush=True)
+    print(f"4. stage 1: each branch alone, on all labelled videos and on {FOLDS} folds", flush=True)
     futures = {b: pool.submit(train, f"stage1_{b}", b) for b in BRANCHES}
+    fold_futures = [
+        pool.submit(
+            train, f"stage1_{b}_fold{k}", b, f"--config.data.fold={k}/{FOLDS}", evaluate=False
+        )
+        for k in range(FOLDS)
+        for b in BRANCHES
+    ]
     stage1 = {b: f.result() for b, f in futures.items()}
     init = [f"--config.init_from.{b}={stage1[b]}" for b in BRANCHES]
 
-    print("5. stage 2: fused, with and without the pseudo-labelled pool", flush=True)
+    print("5. stage 2: fine-tuned, with and without the pool, and stacked", flush=True)
     pseudo_pools = {"with": "unlabeled", "without": "none"}
     runs = {
         (mode, seed): pool.submit(
@@ -124,17 +161,33 @@ def main() -> None:
             *init,
             f"--config.seed={seed}",
             f"--config.pseudo.pool={pseudo_pool}",
+            # Other seeds count only in the with/without comparison: the run's own last
+            # evaluation (the same numbers hemo_jax.evaluate gives) is enough there.
+            evaluate=seed == 0,
         )
         for seed in range(args.seeds)
         for mode, pseudo_pool in pseudo_pools.items()
     }
+    stage1_runs = [*stage1.values(), *(f.result() for f in fold_futures)]
+    stacked = {
+        "without": pool.submit(stack, "stage2_stacked", stage1_runs),
+        "with": pool.submit(stack, "stage2_stacked_with_pool", stage1_runs, "--pool=unlabeled"),
+    }
+    stacked = {m: f.result() for m, f in stacked.items()}
     stage2 = {m: [runs[m, seed].result() for seed in range(args.seeds)] for m in pseudo_pools}
     pool.shutdown()
 
     print("6. results on the balanced test split", flush=True)
     rows = [(f"stage 1: {b}", metrics_of(stage1[b])) for b in BRANCHES]
+    labeler_row = "the labeler's verdict alone (simulated VLM)"
+    rows.append((labeler_row, labeler_metrics(stage1["text"])))
     rows += [
-        (f"stage 2: fused, {m} pseudo labels (seed 0)", metrics_of(stage2[m][0])) for m in stage2
+        ("stage 2: stacked fusion (branches + labeler)", metrics_of(stacked["without"])),
+        ("stage 2: stacked fusion, pool rows in the fit", metrics_of(stacked["with"])),
+    ]
+    rows += [
+        (f"stage 2: fine-tuned, {m} pseudo labels (seed 0)", metrics_of(stage2[m][0]))
+        for m in stage2
     ]
     keys = ("balanced_accuracy", "accuracy", "macro_f1", "auroc")
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -142,7 +195,7 @@ def main() -> None:
         cells = [f"{m[k]['value']:.3f} [{m[k]['low']:.2f}, {m[k]['high']:.2f}]" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     bal = {
-        mode: np.array([metrics_of(w)["balanced_accuracy"]["value"] for w in dirs])
+        mode: np.array([last_eval(w)["balanced_accuracy"] for w in dirs])
         for mode, dirs in stage2.items()
     }
     diff = bal["with"] - bal["without"]
@@ -154,20 +207,25 @@ def main() -> None:
     else:
         outcome = "They hurt."
     verdict = (
-        f"Pseudo labels, balanced accuracy over {args.seeds} seeds: with "
+        f"Pseudo-labelled pool in the fine-tuned model, balanced accuracy over {args.seeds} "
+        f"seeds: with "
         f"{bal['with'].mean():.3f} ± {bal['with'].std():.3f}, without "
         f"{bal['without'].mean():.3f} ± {bal['without'].std():.3f}; per-seed difference "
         f"{', '.join(f'{d:+.3f}' for d in diff)} (mean {diff.mean():+.3f}). {outcome}"
     )
-    best_single = max(metrics_of(stage1[b])["balanced_accuracy"]["value"] for b in BRANCHES)
-    fused = metrics_of(stage2["with"][0])["balanced_accuracy"]["value"]
+    bal_of = {name: m["balanced_accuracy"]["value"] for name, m in rows}
+    best_single = max(bal_of[f"stage 1: {b}"] for b in BRANCHES)
+    stacked_bal = {m: metrics_of(w)["balanced_accuracy"]["value"] for m, w in stacked.items()}
     summary = "\n".join(
         lines
         + [
             "",
             verdict,
-            f"Fused (with pseudo labels, seed 0) {fused:.3f} vs best single branch "
-            f"{best_single:.3f}.",
+            f"In the stacked fusion's fit: {stacked_bal['with']:.3f} with the pool's rows, "
+            f"{stacked_bal['without']:.3f} without.",
+            f"Stacked fusion {stacked_bal['without']:.3f} vs best single branch "
+            f"{best_single:.3f} and the labeler alone "
+            f"{bal_of[labeler_row]:.3f}.",
             f"Total time {time.time() - t0:.0f} s. Reports: {out}/runs/*/report/report.html",
         ]
     )
