@@ -1,7 +1,9 @@
 """Run a trained model on shards: ``python -m hemo_jax.predict --workdir W --shards S --out F.csv``.
 
 Writes one row per video (id, true label if known, pseudo label, prediction,
-P(win), the labeler's reasoning) for every record of the chosen splits.
+P(win), the labeler's reasoning) for every record of the chosen splits. A
+workdir of ``hemo_jax.stack`` predicts with its full stage-1 runs and the
+fitted stacked fusion.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from absl import app, flags
 from hemo_jax.data.schema import SPLITS
 from hemo_jax.data.shards import open_shards
 from hemo_jax.models import factory
-from hemo_jax.training import evaluation, report
+from hemo_jax.training import evaluation, report, stacked_runs
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training workdir or a stacked one.", required=True
+)
 _SHARDS = flags.DEFINE_string("shards", None, "Shard set to predict on (default: the config's).")
 _SPLITS = flags.DEFINE_list("splits", list(SPLITS), "Splits to predict.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
@@ -23,6 +27,11 @@ _OUT = flags.DEFINE_string("out", None, "Output CSV.", required=True)
 def predict(
     workdir: str, out: str, *, shards: str | None, splits: list[str], checkpoint_step: str
 ) -> list[report.VideoPrediction]:
+    if stacked_runs.is_stacked(workdir):
+        shard_set = open_shards(shards or stacked_runs.load(workdir)["shards"])
+        rows = stacked_runs.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)
+        report.write_predictions_csv(out, rows)
+        return rows
     config, state, mesh, _ = evaluation.load_trained(
         workdir, checkpoint_step=checkpoint_step, shards=shards
     )

@@ -11,6 +11,8 @@ import csv
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,10 +20,9 @@ import pytest
 from records import FEATURE_DIM, launch_train, run_env, train_rows, write_learnable_shards
 
 from configs import finetune, pretrain
-from hemo_jax import stack
 from hemo_jax.data import splits
 from hemo_jax.data.shards import open_shards
-from hemo_jax.training import checkpoint, stacking
+from hemo_jax.training import checkpoint, stacked_runs, stacking
 
 SMOKE_STEPS = 6
 
@@ -242,11 +243,11 @@ def test_stage1_smoke_run_trains_and_checkpoints(first_runs, branch):
 
 
 @pytest.mark.slow
-def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base):
+def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, env):
     full = str(_finished(first_runs["image"], "stage-1 image smoke run"))
     folds = [str(_finished(first_runs[f"image_fold{k}"], f"image fold {k} run")) for k in (0, 1)]
     out = base / "stacked"
-    stack.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
+    stacked_runs.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
 
     saved = json.loads((out / "stack.json").read_text())
     assert saved["features"] == ["image", "labeler"]
@@ -261,17 +262,29 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base):
     # Each training video's feature is the prediction of the run that did not train on it.
     shards = open_shards(str(base / "shards"))
     fold_of = splits.assign_folds(shards.infos, ("train",), 2)
-    preds = [stack.Stage1Run(w, "latest").predict(shards, "train") for w in folds]
+    preds = [stacked_runs.Stage1Run(w, "latest").predict(shards, "train") for w in folds]
     for i, r in enumerate(shards.infos):
         if r.split == "train":
             k = fold_of[splits.group_of(r)]
             assert oof[r.video_id] == pytest.approx(stacking.log_odds(preds[k][i]), abs=1e-5)
     assert json.loads((out / "report" / "metrics.json").read_text())["num_videos"] == 8
 
+    # hemo_jax.predict on the stacked workdir gives the report's test predictions.
+    done = subprocess.run(
+        [sys.executable, "-m", "hemo_jax.predict", f"--workdir={out}", "--splits=test"]
+        + [f"--out={base / 'stacked_test.csv'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(base / "stacked_test.csv") as f, open(out / "report" / "predictions.csv") as g:
+        assert list(csv.DictReader(f)) == list(csv.DictReader(g))
+
     with pytest.raises(ValueError, match="no run of fold 1/2"):
-        stack.stack(str(base / "stacked_bad"), [full, folds[0]])
+        stacked_runs.stack(str(base / "stacked_bad"), [full, folds[0]])
     with pytest.raises(ValueError, match="no full run"):
-        stack.stack(str(base / "stacked_bad"), folds)
+        stacked_runs.stack(str(base / "stacked_bad"), folds)
 
 
 def test_configs_refuse_unknown_variants_and_keys():
