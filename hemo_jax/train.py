@@ -185,6 +185,7 @@ def run_training(
         f"parameters: {convert.param_count(model):,} "
         f"({sum(x.size for x in jax.tree.leaves(nnx.state(model, trainable))):,} trainable); "
         f"branches {tuple(config.branches)}, stage {config.stage}"
+        + (f"; fold {config.data.fold} held out of training" if config.data.fold else "")
     )
     del model
 

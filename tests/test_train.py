@@ -246,6 +246,7 @@ def test_stage1_smoke_run_trains_and_checkpoints(first_runs, branch):
 def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, env):
     full = str(_finished(first_runs["image"], "stage-1 image smoke run"))
     folds = [str(_finished(first_runs[f"image_fold{k}"], f"image fold {k} run")) for k in (0, 1)]
+    assert "fold 1/2 held out of training" in first_runs["image_fold1"].log_path.read_text()
     out = base / "stacked"
     stacked_runs.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
 
