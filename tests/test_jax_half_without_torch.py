@@ -10,6 +10,7 @@ ENTRY_POINTS = [
     "hemo_jax.encode",
     "hemo_jax.evaluate",
     "hemo_jax.predict",
+    "hemo_jax.stack",
     "hemo_jax.data.inspect",
 ]
 

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from hemo_jax.data import splits
 from hemo_jax.data.shards import RecordInfo
@@ -115,6 +116,19 @@ def test_fit_weighs_an_informative_feature_over_noise():
     assert ((p > 0.5) == y).mean() > 0.9
     z = np.c_[signal, noise] @ fusion.coef + fusion.intercept
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-z)))
+
+
+@pytest.mark.parametrize("l2", (0.1, 1.0, 10.0))
+def test_fit_matches_scikit_learn(l2):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 150)
+    x = np.c_[(2 * y - 1) + rng.normal(0, 1.5, 150), rng.normal(0, 2, 150), rng.normal(1, 1, 150)]
+    w = rng.uniform(0.5, 1.0, 150)
+    fusion = stacking.fit(("a", "b", "c"), x, y, w, l2=l2)
+    ref = LogisticRegression(C=1 / l2, tol=1e-12, max_iter=10_000)
+    ref.fit(x, y, sample_weight=stacking.balanced_weights(y, w))
+    np.testing.assert_allclose(fusion.coef, ref.coef_[0], atol=1e-5)
+    assert fusion.intercept == pytest.approx(ref.intercept_[0], abs=1e-5)
 
 
 def test_fit_with_a_heavier_penalty_shrinks_the_coefficients():

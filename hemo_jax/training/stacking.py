@@ -23,7 +23,6 @@ import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from hemo_jax.training.report import atomic_write
 
@@ -99,25 +98,33 @@ def fit(
 ) -> StackedFusion:
     """L2-penalised logistic regression, classes balanced by summed weight.
 
-    ``l2`` is the penalty on the coefficients (scikit-learn's 1 / C); the intercept
-    is not penalised.
+    Minimises ``sum_i w_i * logloss_i + l2 / 2 * |coef|^2`` (the intercept is not
+    penalised; scikit-learn's objective with C = 1 / l2) by Newton's method: the
+    problem is convex and has a handful of features, so a few exact steps converge.
     """
-    features = np.asarray(features, np.float64)
-    target = np.asarray(target)
-    if features.ndim != 2 or features.shape != (len(target), len(names)):
-        raise ValueError(
-            f"features {features.shape} for {len(target)} targets and features {list(names)}"
-        )
-    if not np.isfinite(features).all():
+    x = np.asarray(features, np.float64)
+    y = np.asarray(target)
+    if x.ndim != 2 or x.shape != (len(y), len(names)):
+        raise ValueError(f"features {x.shape} for {len(y)} targets and features {list(names)}")
+    if not np.isfinite(x).all():
         raise ValueError("non-finite stacking features")
-    if set(np.unique(target)) != {0, 1}:
-        raise ValueError(f"the fit needs both classes; targets hold {sorted(set(target))}")
+    if set(np.unique(y)) != {0, 1}:
+        raise ValueError(f"the fit needs both classes; targets hold {sorted(set(y.tolist()))}")
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0, got {l2}")
-    model = LogisticRegression(C=1.0 / l2, max_iter=1000)
-    model.fit(features, target, sample_weight=balanced_weights(target, weight))
-    coef = model.coef_[0].astype(np.float64)
-    return StackedFusion(tuple(names), coef, float(model.intercept_[0]))
+    w = balanced_weights(y, weight)
+    xb = np.c_[x, np.ones(len(y))]
+    penalty = np.r_[np.full(x.shape[1], l2), 0.0]
+    theta = np.zeros(xb.shape[1])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(xb @ theta)))
+        grad = xb.T @ (w * (p - y)) + penalty * theta
+        hess = (xb * (w * p * (1.0 - p))[:, None]).T @ xb + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return StackedFusion(tuple(names), theta[:-1].copy(), float(theta[-1]))
 
 
 def save(path: str, fusion: StackedFusion, extra: Mapping) -> None:
