@@ -29,6 +29,9 @@ from preprocess import imigue, vlm_oracle, vlm_sim
 
 BRANCHES = ("keypoints", "image", "text")
 FOLDS = 2  # out-of-fold runs per branch for the stacked fusion
+# Runs without a report of their own need no evaluations along the way: a run always
+# evaluates at its last step, which is all the fold runs and the later seeds are read for.
+ONLY_FINAL_EVAL = "--config.train.eval_every=1000000"
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
@@ -143,7 +146,12 @@ def main() -> None:
     futures = {b: pool.submit(train, f"stage1_{b}", b) for b in BRANCHES}
     fold_futures = [
         pool.submit(
-            train, f"stage1_{b}_fold{k}", b, f"--config.data.fold={k}/{FOLDS}", evaluate=False
+            train,
+            f"stage1_{b}_fold{k}",
+            b,
+            f"--config.data.fold={k}/{FOLDS}",
+            ONLY_FINAL_EVAL,
+            evaluate=False,
         )
         for k in range(FOLDS)
         for b in BRANCHES
@@ -163,6 +171,7 @@ def main() -> None:
             f"--config.pseudo.pool={pseudo_pool}",
             # Other seeds count only in the with/without comparison: the run's own last
             # evaluation (the same numbers hemo_jax.evaluate gives) is enough there.
+            *([] if seed == 0 else [ONLY_FINAL_EVAL]),
             evaluate=seed == 0,
         )
         for seed in range(args.seeds)
