@@ -37,16 +37,8 @@ def evaluate_workdir(
         config, shards, mesh, text_fn=factory.make_text_fn(config), split=split
     )
     pred = evaluator.predict(state)
-    rows = []
-    for index, prob in zip(pred.record_index, pred.probability, strict=True):
-        rec = shards.read(int(index), skip=("crops", "image_features"))
-        if rec.label < 0:
-            continue  # evaluation uses true labels only
-        rows.append(
-            report.VideoPrediction(
-                rec.video_id, rec.label, rec.pseudo_label, float(prob), rec.reasoning
-            )
-        )
+    rows = report.video_predictions(shards, pred.record_index, pred.probability)
+    rows = [r for r in rows if r.label >= 0]  # evaluation uses true labels only
     if not rows:
         raise ValueError(f"split {split!r} of {config.data.shards} has no labelled videos")
     notes = [

@@ -43,13 +43,7 @@ def predict(
             continue
         evaluator = evaluation.Evaluator(config, shard_set, mesh, text_fn=text_fn, split=split)
         pred = evaluator.predict(state)
-        for index, prob in zip(pred.record_index, pred.probability, strict=True):
-            rec = shard_set.read(int(index), skip=("crops", "image_features"))
-            rows.append(
-                report.VideoPrediction(
-                    rec.video_id, rec.label, rec.pseudo_label, float(prob), rec.reasoning
-                )
-            )
+        rows += report.video_predictions(shard_set, pred.record_index, pred.probability)
     report.write_predictions_csv(out, rows)
     return rows
 

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hemo_jax.data.shards import ShardSet  # noqa: E402
 from hemo_jax.training import metrics  # noqa: E402
 
 
@@ -31,6 +32,19 @@ class VideoPrediction:
     @property
     def prediction(self) -> int:
         return int(self.probability >= 0.5)
+
+
+def video_predictions(
+    shards: ShardSet, record_index: Sequence[int], probability: Sequence[float]
+) -> list[VideoPrediction]:
+    """One row per record: its id, labels and reasoning from the shards, beside P(win)."""
+    rows = []
+    for index, prob in zip(record_index, probability, strict=True):
+        rec = shards.read(int(index), skip=("crops", "image_features"))
+        rows.append(
+            VideoPrediction(rec.video_id, rec.label, rec.pseudo_label, float(prob), rec.reasoning)
+        )
+    return rows
 
 
 def atomic_write(path: str, data: bytes) -> None:

@@ -255,15 +255,7 @@ def _apply(
     probs = {b: r.predict(shards, split) for b, r in runs.items()}
     index = sorted(probs[min(runs)])
     x = _feature_rows(shards, index, probs, fusion.names, labeler_hidden=False)
-    rows = []
-    for i, p in zip(index, fusion.probability(x), strict=True):
-        rec = shards.read(i, skip=("crops", "image_features"))
-        rows.append(
-            report.VideoPrediction(
-                rec.video_id, rec.label, rec.pseudo_label, float(p), rec.reasoning
-            )
-        )
-    return rows
+    return report.video_predictions(shards, index, fusion.probability(x))
 
 
 def is_stacked(workdir: str) -> bool:
