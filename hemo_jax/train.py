@@ -176,8 +176,8 @@ def run_training(
     )
     trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
 
-    def model_fn() -> nnx.Module:
-        return factory.build_model(config)
+    def model_fn(key: jax.Array) -> nnx.Module:
+        return factory.build_model(config, seed=key)
 
     state = trainer.abstract_train_state(model_fn, tx, mesh, trainable=trainable)
     model = state.model()
@@ -196,7 +196,7 @@ def run_training(
     )
     resume = _resume_point(config, workdir, store)
     stage1 = {} if resume else _stage1_branches(config, state.params())
-    state = trainer.initialize(state, model_fn, tx, mesh)
+    state = trainer.initialize(state, model_fn, tx, mesh, seed=config.seed)
     if resume:
         src, start_step, origin = resume
         tree, meta = src.restore(

@@ -8,6 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec
 from records import FEATURE_DIM, write_learnable_shards
 
@@ -29,7 +30,7 @@ def config():
 
 
 def _model_fn(config):
-    return lambda: factory.build_model(config)
+    return lambda key: factory.build_model(config, seed=key)
 
 
 def _tx(config):
@@ -125,6 +126,20 @@ def test_mesh_sizes_are_checked():
 
 
 @pytest.mark.slow
+def test_the_seed_reaches_the_compiled_init_as_an_argument(config):
+    """Each seed gives the parameters an eager build with it gives; two seeds differ."""
+    one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    built = {}
+    for seed in (0, 3):
+        state = trainer.create_train_state(_model_fn(config), _tx(config), one, seed=seed)
+        got = jax.tree.leaves(nnx.state(state.model(), nnx.Param))
+        want = jax.tree.leaves(nnx.state(factory.build_model(config, seed=seed), nnx.Param))
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+        built[seed] = got
+    assert any(not np.allclose(a, b) for a, b in zip(built[0], built[3], strict=True))
+
+
 def test_the_runs_learn(runs):
     # Loss moves after the first (zero learning rate) update: the equalities below
     # compare training, not three copies of the initial model.

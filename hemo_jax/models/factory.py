@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
 from flax import nnx
 
@@ -51,8 +52,13 @@ def _text_encoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> tuple[nnx.Mod
     return TransformerTextEncoder(HASH_VOCAB, _transformer(m), rngs=rngs), m.width
 
 
-def build_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> nnx.Module:
-    """The classifier over ``config.branches``; one branch and no fusion in stage 1."""
+def build_model(
+    config: ml_collections.ConfigDict, *, seed: int | jax.Array | None = None
+) -> nnx.Module:
+    """The classifier over ``config.branches``; one branch and no fusion in stage 1.
+
+    ``seed`` (an int or a key; ``config.seed`` if None) draws the parameters.
+    """
     m = config.model
     rngs = nnx.Rngs(params=config.seed if seed is None else seed, dropout=0)
     branches: dict[str, nnx.Module] = {}

@@ -116,7 +116,7 @@ def load_trained(
     params, step = checkpoint.load_params(workdir, step=step, best_metric=best)
     mesh = sharding.make_mesh(data=-1)
     state = trainer.create_train_state(
-        lambda: factory.build_model(config), optax.set_to_zero(), mesh
+        lambda key: factory.build_model(config, seed=key), optax.set_to_zero(), mesh
     )
     state = trainer.restore_checkpoint_tree(state, {"params": params})
     return config, state, mesh, step

@@ -98,8 +98,12 @@ class TrainState:
         return nnx.to_pure_dict(nnx.state(self.model(), nnx.Param))
 
 
+# Builds the model from the key its parameters are drawn with.
+ModelFn = Callable[[jax.Array], nnx.Module]
+
+
 def abstract_train_state(
-    model_fn: Callable[[], nnx.Module],
+    model_fn: ModelFn,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
@@ -111,7 +115,7 @@ def abstract_train_state(
     """
 
     def build() -> tuple[nnx.Module, nnx.Optimizer]:
-        model = model_fn()
+        model = model_fn(jax.random.key(0))
         return model, nnx.Optimizer(model, tx, wrt=trainable)
 
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
@@ -120,35 +124,42 @@ def abstract_train_state(
 
 def initialize(
     abstract: TrainState,
-    model_fn: Callable[[], nnx.Module],
+    model_fn: ModelFn,
     tx: optax.GradientTransformation,
     mesh: Mesh,
+    *,
+    seed: int = 0,
 ) -> TrainState:
-    """Builds the (model, optimizer) of ``abstract`` directly sharded, in one jitted call."""
+    """Builds the (model, optimizer) of ``abstract`` directly sharded, in one jitted call.
 
-    def build() -> Any:
-        model = model_fn()
+    The key is an argument of that program, not a constant in it: runs that differ
+    only in their seed share one compilation (and one persistent-cache entry).
+    """
+
+    def build(key: jax.Array) -> Any:
+        model = model_fn(key)
         return nnx.split((model, nnx.Optimizer(model, tx, wrt=abstract.trainable)))[1]
 
     @jax.jit
-    def init() -> Any:
-        return jax.lax.with_sharding_constraint(build(), abstract.shardings)
+    def init(key: jax.Array) -> Any:
+        return jax.lax.with_sharding_constraint(build(key), abstract.shardings)
 
     with jax.set_mesh(mesh):
-        state = init()
+        state = init(jax.random.key(seed))
     return dataclasses.replace(abstract, state=state)
 
 
 def create_train_state(
-    model_fn: Callable[[], nnx.Module],
+    model_fn: ModelFn,
     tx: optax.GradientTransformation,
     mesh: Mesh,
     *,
+    seed: int = 0,
     trainable: Any = nnx.Param,
 ) -> TrainState:
     """Builds model and optimizer directly sharded, from their abstract shapes."""
     abstract = abstract_train_state(model_fn, tx, mesh, trainable=trainable)
-    return initialize(abstract, model_fn, tx, mesh)
+    return initialize(abstract, model_fn, tx, mesh, seed=seed)
 
 
 def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
