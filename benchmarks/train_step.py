@@ -15,7 +15,11 @@ alternate JAX and PyTorch, ``--steps`` timed steps each, so load from other user
 a shared machine falls on both alike; every step ends with ``block_until_ready`` (JAX)
 or a synchronous ``.item()`` (PyTorch, eager on CPU) and the median step time is
 reported. PyTorch runs with ``torch.set_num_threads(os.cpu_count())``; XLA uses all
-cores by default. The load average before and after is recorded.
+cores by default. The load average before and after is recorded, and per side the
+minor page faults and system CPU time per step: XLA:CPU takes each step's scratch
+memory (one block of ~200 MB at the demo's shapes) fresh from the kernel, page by page,
+unless glibc's malloc is told to back it with huge pages
+(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, recorded in the results).
 
 ``--gpu``: steps/s and model FLOPs utilisation (MFU) of the JAX step at keypoint
 sequence lengths 4k..32k frames, bf16 compute, on the GPU. Model FLOPs are counted
@@ -29,7 +33,8 @@ the card's dense bf16 figure from its data sheet, chosen by jax's ``device_kind`
 is recorded too (cumulative over the lengths run so far in this process). The results
 file is rewritten after every length, so a run cut short keeps what it measured.
 
-    .venv/bin/python benchmarks/train_step.py            # CPU: demo + long settings
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python benchmarks/train_step.py
+                                                         # CPU: demo + long settings
     .venv/bin/python benchmarks/train_step.py --quick    # smoke sizes
     .venv/bin/python benchmarks/train_step.py --gpu      # GPU: 4k..32k frames
     .venv/bin/python benchmarks/train_step.py --gpu --gpu-lengths 4096 32768
@@ -43,6 +48,7 @@ import inspect
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -148,7 +154,11 @@ class JaxStep:
         )
         trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
         self.train_state = trainer.create_train_state(
-            lambda: factory.build_model(config), tx, self.mesh, trainable=trainable
+            lambda key: factory.build_model(config, seed=key),
+            tx,
+            self.mesh,
+            seed=config.seed,
+            trainable=trainable,
         )
         options = trainer.StepOptions(
             compute_dtype=config.train.compute_dtype,
@@ -227,8 +237,10 @@ class TorchStep:
 
 
 def time_pair(steps: dict[str, Any], warmup: int, rounds: int, per_round: int):
-    """Warm-up (compile) each, then alternate rounds; per-step times in seconds."""
+    """Warm-up (compile) each, then alternate rounds; per-step times in seconds, and
+    per side the process's minor page faults and system CPU seconds per timed step."""
     compile_s, times, losses = {}, {k: [] for k in steps}, {}
+    kernel = {k: {"minor_faults": 0.0, "system_cpu_s": 0.0} for k in steps}
     for name, fn in steps.items():
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -237,11 +249,16 @@ def time_pair(steps: dict[str, Any], warmup: int, rounds: int, per_round: int):
         print(f"  {name}: warm-up {compile_s[name]:.1f} s", file=sys.stderr, flush=True)
     for _ in range(rounds):
         for name, fn in steps.items():
+            before = resource.getrusage(resource.RUSAGE_SELF)
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 losses[name] = fn()
                 times[name].append(time.perf_counter() - t0)
-    return compile_s, times, losses
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            kernel[name]["minor_faults"] += after.ru_minflt - before.ru_minflt
+            kernel[name]["system_cpu_s"] += after.ru_stime - before.ru_stime
+    per_step = {k: {m: v / (rounds * per_round) for m, v in d.items()} for k, d in kernel.items()}
+    return compile_s, times, losses, per_step
 
 
 def run_cpu(args) -> list[dict[str, Any]]:
@@ -254,7 +271,7 @@ def run_cpu(args) -> list[dict[str, Any]]:
         config = make_config(b, f, fi, lt)
         batch = synthetic_batch(config)
         steps = {"jax": JaxStep(config, batch), "torch": TorchStep(config, batch)}
-        compile_s, times, losses = time_pair(steps, args.warmup, args.rounds, args.steps)
+        compile_s, times, losses, kernel = time_pair(steps, args.warmup, args.rounds, args.steps)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {
             "setting": name,
@@ -269,11 +286,13 @@ def run_cpu(args) -> list[dict[str, Any]]:
             "samples_per_s": {k: b / v for k, v in med.items()},
             "speedup_jax_over_torch": med["torch"] / med["jax"],
             "last_loss": losses,
+            "per_step_kernel": kernel,
         }
         rows.append(row)
         print(
             f"[{name}] jax {med['jax'] * 1e3:.1f} ms, torch {med['torch'] * 1e3:.1f} ms, "
-            f"x{row['speedup_jax_over_torch']:.2f}",
+            f"x{row['speedup_jax_over_torch']:.2f}; page faults per step jax "
+            f"{kernel['jax']['minor_faults']:.0f}, torch {kernel['torch']['minor_faults']:.0f}",
             flush=True,
         )
     return rows
@@ -557,6 +576,7 @@ def main() -> None:
             loadavg_before=load_before,
             loadavg_after=os.getloadavg(),
             settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
+            glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
         )
         write_json_atomic(out, payload)
 
