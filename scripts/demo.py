@@ -85,8 +85,9 @@ def main() -> None:
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(out / "jax_cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env.setdefault("HF_HUB_OFFLINE", "1")
-    # XLA:CPU takes each step's ~200 MB of scratch memory fresh from the kernel, page by
-    # page; backed by huge pages it costs a fraction (BENCHMARKS.md, train step).
+    # XLA:CPU takes each step's scratch memory fresh from the kernel, page by page;
+    # backed by huge pages, training runs take a fifth more steps a second here
+    # (BENCHMARKS.md, train step).
     env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     variant = ",smoke" if args.smoke else ""
     videos = 24 if args.smoke else args.videos
