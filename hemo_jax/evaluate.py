@@ -13,7 +13,7 @@ from absl import app, flags
 
 from hemo_jax.data.shards import open_shards
 from hemo_jax.models import factory
-from hemo_jax.training import evaluation, report
+from hemo_jax.training import evaluation, metrics, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
@@ -29,7 +29,7 @@ def evaluate_workdir(
     checkpoint_step: str = "latest",
     out_dir: str | None = None,
     num_bootstrap: int = 1000,
-) -> dict[str, report.metrics.Interval]:
+) -> dict[str, metrics.Interval]:
     config, state, mesh, step = evaluation.load_trained(workdir, checkpoint_step=checkpoint_step)
     split = split or config.data.eval_split
     shards = open_shards(config.data.shards)
@@ -74,8 +74,7 @@ def main(argv: list[str]) -> None:
         out_dir=_OUT.value,
         num_bootstrap=_BOOTSTRAP.value,
     )
-    for name, iv in intervals.items():
-        print(f"{name:>18}: {iv.value:.3f}  [{iv.low:.3f}, {iv.high:.3f}]")
+    print(metrics.format_intervals(intervals))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from hemo_jax.training import stacked_runs
+from hemo_jax.training import metrics, stacked_runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _RUNS = flags.DEFINE_list("runs", None, "Stage-1 workdirs: full and fold runs.", required=True)
@@ -41,8 +41,7 @@ def main(argv: list[str]) -> None:
         checkpoint_step=_CHECKPOINT.value,
         num_bootstrap=_BOOTSTRAP.value,
     )
-    for name, iv in intervals.items():
-        print(f"{name:>18}: {iv.value:.3f}  [{iv.low:.3f}, {iv.high:.3f}]")
+    print(metrics.format_intervals(intervals))
 
 
 if __name__ == "__main__":

@@ -59,3 +59,16 @@ def test_classification_sums_ignore_padding_rows():
     for k in full:
         assert float(full[k]) == pytest.approx(float(padded[k]))
     assert metrics.finalize_sums(padded)["accuracy"] == pytest.approx(0.5)
+
+
+def test_intervals_print_one_aligned_line_per_metric():
+    text = metrics.format_intervals(
+        {
+            "balanced_accuracy": metrics.Interval(0.8864, 0.8125, 0.95),
+            "auroc": metrics.Interval(0.97, 0.9412, 0.9923),
+        }
+    )
+    assert text.splitlines() == [
+        " balanced_accuracy: 0.886  [0.812, 0.950]",
+        "             auroc: 0.970  [0.941, 0.992]",
+    ]

@@ -9,6 +9,7 @@ with a bootstrap 95% interval.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,14 @@ class Interval:
     value: float
     low: float
     high: float
+
+
+def format_intervals(intervals: Mapping[str, Interval]) -> str:
+    """One line per metric, ``name: value  [low, high]``, as the entry points print them."""
+    return "\n".join(
+        f"{name:>18}: {iv.value:.3f}  [{iv.low:.3f}, {iv.high:.3f}]"
+        for name, iv in intervals.items()
+    )
 
 
 def evaluate_with_intervals(
