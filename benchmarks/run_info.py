@@ -12,10 +12,16 @@ from typing import Any
 import jax
 
 
+def interpreter() -> str:
+    """The Python that runs this benchmark, relative to the working directory if inside."""
+    path = os.path.relpath(sys.executable)
+    return sys.executable if path.startswith("..") else path
+
+
 def run_info(loadavg_before: tuple[float, float, float]) -> dict[str, Any]:
     """Call at the end of the run, with ``os.getloadavg()`` taken at its start."""
     return {
-        "command": " ".join([".venv/bin/python", *sys.argv]),
+        "command": " ".join([interpreter(), *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
         "versions": {"jax": jax.__version__},

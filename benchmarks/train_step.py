@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -63,6 +62,7 @@ import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from run_info import interpreter  # noqa: E402
 
 from configs import demo  # noqa: E402
 from hemo_jax.models import factory  # noqa: E402
@@ -385,13 +385,7 @@ def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
 
 def xla_flops(step: JaxStep) -> float | None:
     """XLA's own count for the lowered step (misses custom calls such as cuDNN attention)."""
-    # make_train_step returns a wrapper that enters the mesh; the jitted step is its closure.
-    jitted = inspect.getclosurevars(step.step_fn).nonlocals.get("jitted")
-    if jitted is None:
-        return None
-    rng = jax.random.key(0)
-    with jax.set_mesh(step.mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        cost = jitted.lower(step.state, step.batch, rng).cost_analysis()
+    cost = step.step_fn.lower(step.state, step.batch, jax.random.key(0)).cost_analysis()
     if isinstance(cost, list):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0)) or None
@@ -564,7 +558,7 @@ def main() -> None:
 
     def save(payload: dict[str, Any], out: Path) -> None:
         payload.update(
-            command=" ".join([".venv/bin/python", *sys.argv]),
+            command=" ".join([interpreter(), *sys.argv]),
             date=started,
             machine={
                 "platform": platform.platform(),

@@ -32,7 +32,7 @@ HASH_VOCAB = 8192
 TEXT_ENCODER_PATH = "branches/text/encoder"
 
 
-def _transformer(m: ml_collections.ConfigDict) -> TransformerConfig:
+def _transformer(m: ml_collections.ConfigDict, dtype: str) -> TransformerConfig:
     return TransformerConfig(
         width=m.width,
         depth=m.depth,
@@ -41,15 +41,18 @@ def _transformer(m: ml_collections.ConfigDict) -> TransformerConfig:
         dropout=m.dropout,
         attention=m.attention or None,
         remat=m.remat,
+        dtype=dtype,
     )
 
 
-def _text_encoder(m: ml_collections.ConfigDict, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
+def _text_encoder(
+    m: ml_collections.ConfigDict, dtype: str, rngs: nnx.Rngs
+) -> tuple[nnx.Module, int]:
     if m.text_encoder:
         directory = convert.resolve_checkpoint(m.text_encoder)
         cfg = bert.BertConfig.from_hf_config(convert.read_config(directory))
         return bert.BertModel(cfg, rngs=rngs), cfg.hidden_size
-    return TransformerTextEncoder(HASH_VOCAB, _transformer(m), rngs=rngs), m.width
+    return TransformerTextEncoder(HASH_VOCAB, _transformer(m, dtype), rngs=rngs), m.width
 
 
 def build_model(
@@ -60,6 +63,9 @@ def build_model(
     ``seed`` (an int or a key; ``config.seed`` if None) draws the parameters.
     """
     m = config.model
+    # The Transformers and the fusion compute in the training's dtype (bfloat16 for
+    # mixed precision); their parameters stay float32.
+    dtype = config.train.compute_dtype
     rngs = nnx.Rngs(params=config.seed if seed is None else seed, dropout=0)
     branches: dict[str, nnx.Module] = {}
     for name in config.branches:
@@ -71,23 +77,29 @@ def build_model(
                 stream_width=m.keypoint_stream_width,
                 dropout=m.dropout,
                 remat=m.remat,
-                transformer=_transformer(m),
+                transformer=_transformer(m, dtype),
             )
             branches[name] = KeypointBranch(kcfg, rngs=rngs)
         elif name == "image":
             icfg = ImageConfig(
-                feature_dim=m.image_feature_dim, dropout=m.dropout, transformer=_transformer(m)
+                feature_dim=m.image_feature_dim,
+                dropout=m.dropout,
+                transformer=_transformer(m, dtype),
             )
             branches[name] = ImageBranch(icfg, rngs=rngs)
         elif name == "text":
-            encoder, enc_width = _text_encoder(m, rngs)
+            encoder, enc_width = _text_encoder(m, dtype, rngs)
             tcfg = TextConfig(width=m.width, dropout=m.dropout)
             branches[name] = TextBranch(encoder, enc_width, tcfg, rngs=rngs)
         else:
             raise ValueError(f"unknown branch {name!r} in config.branches")
     fusion = "none" if config.stage == 1 else m.fusion
     fcfg = FusionConfig(
-        width=m.width, heads=m.heads, dropout=m.dropout, attention=m.attention or None
+        width=m.width,
+        heads=m.heads,
+        dropout=m.dropout,
+        attention=m.attention or None,
+        dtype=dtype,
     )
     return MultimodalClassifier(branches, fusion, fcfg, rngs=rngs)
 

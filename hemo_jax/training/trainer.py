@@ -203,7 +203,11 @@ def make_train_step(
     *,
     options: StepOptions,
 ) -> Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]:
-    """The jitted step ``(state, batch, rng) -> (state, metrics)``; state is donated."""
+    """The jitted step ``(state, batch, rng) -> (state, metrics)``; state is donated.
+
+    ``step.grad_names`` names the gradient leaves; ``step.lower(state, batch, rng)``
+    traces and lowers the step without running it.
+    """
     graphdef, trainable = train_state.graphdef, train_state.trainable
     compute_dtype = jnp.dtype(options.compute_dtype)
     accum = options.grad_accum
@@ -277,7 +281,14 @@ def make_train_step(
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             return jitted(state, batch, rng)
 
+    def lower(state, batch, rng) -> jax.stages.Lowered:
+        """The step traced and lowered for these arguments, not compiled (for its HLO
+        and XLA's cost analysis)."""
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+            return jitted.lower(state, batch, rng)
+
     run.grad_names = grad_names  # type: ignore[attr-defined]
+    run.lower = lower  # type: ignore[attr-defined]
     return run
 
 

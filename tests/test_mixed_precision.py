@@ -1,0 +1,67 @@
+"""``train.compute_dtype`` reaches every Transformer and the fusion of the fused model."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+from records import FEATURE_DIM, write_learnable_shards
+
+from configs import demo
+from hemo_jax.data import pipeline
+from hemo_jax.models import factory, transformer
+from hemo_jax.training import inputs, sharding, trainer
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    shards = write_learnable_shards(tmp_path_factory.mktemp("precision") / "shards")
+    config = _config("float32")
+    with pipeline.make_loader(
+        shards,
+        inputs.pipeline_config(config, train=True),
+        train=True,
+        text_fn=factory.make_text_fn(config),
+    ) as loader:
+        return next(loader)
+
+
+def _config(compute_dtype: str):
+    c = demo.get_config("fused,smoke")
+    with c.unlocked():
+        c.model.image_feature_dim = FEATURE_DIM
+        c.model.fusion = "cross_attention"  # attention in the fusion too
+        c.train.compute_dtype = compute_dtype
+    return c
+
+
+@pytest.mark.parametrize("compute_dtype", ["bfloat16", "float32"])
+def test_every_attention_of_the_train_step_runs_in_the_compute_dtype(
+    compute_dtype, batch, monkeypatch
+):
+    """The keypoint, image and text Transformers and the cross-attention fusion see
+    queries, keys and values in the compute dtype; parameters stay float32."""
+    seen = []
+
+    def recording_attention(q, k, v, **kw):
+        seen.append((q.dtype.name, k.dtype.name, v.dtype.name))
+        return attention(q, k, v, **kw)
+
+    attention = transformer.attention
+    monkeypatch.setattr(transformer, "attention", recording_attention)
+    config = _config(compute_dtype)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    state = trainer.create_train_state(
+        lambda key: factory.build_model(config, seed=key),
+        trainer.make_optimizer(
+            lr=1e-3, warmup_steps=1, total_steps=2, weight_decay=0.0, clip_norm=1.0
+        ),
+        mesh,
+    )
+    assert {p.dtype.name for p in jax.tree.leaves(state.params())} == {"float32"}
+    step = trainer.make_train_step(
+        state, mesh, batch, options=trainer.StepOptions(compute_dtype=compute_dtype)
+    )
+    step.lower(state.state, batch, jax.random.key(0))  # traced here
+    # Self-attention in three branches and the fusion's cross-attention, at least once each.
+    assert len(seen) >= 4
+    assert set(seen) == {(compute_dtype,) * 3}
