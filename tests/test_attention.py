@@ -16,6 +16,7 @@ from hemo_jax.models.attention import (
     attention,
     compact_keys,
     dense_attention,
+    length_masked_attention,
     reference_attention,
     select_implementation,
 )
@@ -290,3 +291,36 @@ def test_compacted_keys_with_lengths_equal_the_mask():
     out, lengths, ref = compacted_and_reference(q, k, v, mask)
     np.testing.assert_array_equal(lengths, mask.sum(axis=1))
     np.testing.assert_allclose(out, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("tq, tk, lengths", [(7, 7, [7, 3]), (6, 9, None), (9, 6, [2, 6])])
+def test_odd_lengths_are_padded_to_even_without_changing_the_result(tq, tk, lengths):
+    # The cuDNN path goes through this padding; checked with XLA's lengths-padding so
+    # it runs without a GPU: values and gradients as without padding, and the padded
+    # query row and key never show.
+    q, k, v, w = _inputs(2, tq, tk, 2, 8)
+    lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+    mask = None if lengths is None else jnp.arange(tk)[None, :] < lengths[:, None]
+
+    def loss(attend, q, k, v):
+        out = attend(q, k, v)
+        return jnp.sum(out * w), out
+
+    def padded(q, k, v):
+        return length_masked_attention(q, k, v, lengths, scale=8**-0.5, implementation="xla")
+
+    def reference(q, k, v):
+        return reference_attention(q, k, v, mask, 8**-0.5)
+
+    results = [
+        jax.jit(jax.value_and_grad(functools.partial(loss, attend), (0, 1, 2), has_aux=True))(
+            q, k, v
+        )
+        for attend in (padded, reference)
+    ]
+    ((_, out), grads), ((_, ref_out), ref_grads) = results
+    assert out.shape == (2, tq, 2, 8)
+    np.testing.assert_allclose(out, ref_out, atol=2e-5)
+    for g, ref in zip(grads, ref_grads, strict=True):
+        assert g.shape == ref.shape
+        np.testing.assert_allclose(g, ref, atol=2e-5)

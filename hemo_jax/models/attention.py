@@ -290,10 +290,41 @@ def cudnn_attention(
         alive = (lengths > 0)[:, None, None, None]
         q, k, v = (jnp.where(alive, x, jnp.zeros((), x.dtype)) for x in (q, k, v))
         lengths = jnp.maximum(lengths, 1)
-    out = jax.nn.dot_product_attention(
-        q, k, v, scale=scale, key_value_seq_lengths=lengths, implementation="cudnn"
-    )
+    out = length_masked_attention(q, k, v, lengths, scale=scale, implementation="cudnn")
     return _zero_dead_rows(out, key_mask)
+
+
+def length_masked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    lengths: jax.Array | None,
+    *,
+    scale: float,
+    implementation: str,
+) -> jax.Array:
+    """``jax.nn.dot_product_attention`` with per-row key lengths, at even lengths.
+
+    cuDNN's backward with padding takes only even query and key lengths ("Unsupported
+    sequence length Q 7, KV 7"): an odd length gets one more query, dropped from the
+    output, and one more key, beyond every row's length and so never attended.
+    """
+    tq, tk = q.shape[1], k.shape[1]
+    if tk % 2 and lengths is None:
+        lengths = jnp.full((k.shape[0],), tk, jnp.int32)
+
+    def pad(x: jax.Array, n: int) -> jax.Array:
+        return jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
+
+    out = jax.nn.dot_product_attention(
+        pad(q, tq % 2),
+        pad(k, tk % 2),
+        pad(v, tk % 2),
+        scale=scale,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :tq]
 
 
 # --------------------------------------------------------------------------------------
