@@ -69,7 +69,7 @@ def attention_checks(smoke: bool):
     mesh = jax.make_mesh((1,), ("seq",), axis_types=auto, devices=jax.devices()[:1])
     gpu = jax.default_backend() == "gpu"
     impls = [i for i in IMPLEMENTATIONS if i != "reference" and (gpu or i != "cudnn")]
-    for t in (7, 128) if smoke else (7, 128, 1000, 4096):
+    for t in (7, 128) if smoke else (7, 128, 1000):
         rng = np.random.default_rng(t)
         q, k, v, w = (rng.standard_normal((3, t, 4, 64), np.float32) for _ in range(4))
         lengths = jnp.asarray([t, max(1, t // 3), 0], jnp.int32)  # row 2 has no key at all
@@ -210,7 +210,9 @@ def train_checks(smoke: bool):
 
 
 # In order of what only a GPU can tell: a run cut short loses the last.
-PARTS = {"attention": attention_checks, "train": train_checks, "parity": parity_checks}
+# Train and parity first: in the first GPU run the attention part alone used up its
+# time limit.
+PARTS = {"train": train_checks, "parity": parity_checks, "attention": attention_checks}
 
 
 def _write(path: Path, payload: dict) -> None:
