@@ -89,20 +89,22 @@ def train_steps(result: dict[str, Any] | None) -> list[str]:
         f"{result.get('device_kind')}; MFU against {(result.get('peak_flops') or 0) / 1e12:.1f} "
         f"TFLOP/s ({result.get('peak_flops_source')})",
         "",
-        "| frames | batch | warm-up s | step ms | steps/s | TFLOP/step | TFLOP/s | MFU | mem GB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| frames | batch | warm-up s | step ms | steps/s | TFLOP/step | TFLOP/s | MFU | mem GB "
+        "| cuDNN attention calls |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.get("rows", []):
         mem = r.get("device_peak_bytes_so_far")
         mem = "-" if mem is None else f"{mem / 1e9:.1f}"
         if "error" in r:
-            lines.append(f"| {r['frames']} | {r['batch']} | {r['error'][:80]} ||||||{mem} |")
+            lines.append(f"| {r['frames']} | {r['batch']} | {r['error'][:80]} ||||||{mem} | |")
             continue
         mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
             f"| {r['frames']} | {r['batch']} | {r['warmup_s']:.1f} | "
             f"{1e3 * r['median_step_s']:.1f} | {r['steps_per_s']:.2f} | "
-            f"{r['model_flops_per_step'] / 1e12:.2f} | {r['achieved_tflops']:.1f} | {mfu} | {mem} |"
+            f"{r['model_flops_per_step'] / 1e12:.2f} | {r['achieved_tflops']:.1f} | {mfu} | "
+            f"{mem} | {r.get('cudnn_attention_calls', '-')} |"
         )
     return lines
 

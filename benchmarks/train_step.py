@@ -27,11 +27,13 @@ analytically (``analytic_train_flops``: 2 x multiply-adds of every matmul and of
 attention's QK^T and PV, forward x 3 for forward + backward); XLA's
 ``cost_analysis()`` of the lowered step is recorded beside it (of the lowered, not the
 compiled step: asking the compiled one would compile it a second time), but it omits
-fused attention kernels (cuDNN custom calls), so it is not the MFU basis. The peak is
-the card's dense bf16 figure from its data sheet, chosen by jax's ``device_kind``
-(``--peak-tflops`` overrides it); the device's peak memory in use after each length
-is recorded too (cumulative over the lengths run so far in this process). The results
-file is rewritten after every length, so a run cut short keeps what it measured.
+fused attention kernels (cuDNN custom calls), so it is not the MFU basis; the number of
+those calls in the lowered step is recorded too (0 means attention did not take
+cuDNN). The peak is the card's dense bf16 figure from its data sheet, chosen by jax's
+``device_kind`` (``--peak-tflops`` overrides it); the device's peak memory in use
+after each length is recorded too (cumulative over the lengths run so far in this
+process). The results file is rewritten after every length, so a run cut short keeps
+what it measured.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python benchmarks/train_step.py
                                                          # CPU: demo + long settings
@@ -367,7 +369,7 @@ def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
                 steps_per_s=1 / med,
                 samples_per_s=args.gpu_batch / med,
                 model_flops_per_step=flops,
-                xla_cost_analysis_flops=xla_flops(step),
+                **lowered_facts(step),
                 achieved_tflops=flops / med / 1e12,
                 mfu=(flops / med / peak) if peak else None,
             )
@@ -383,12 +385,18 @@ def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
     return [result]
 
 
-def xla_flops(step: JaxStep) -> float | None:
-    """XLA's own count for the lowered step (misses custom calls such as cuDNN attention)."""
-    cost = step.step_fn.lower(step.state, step.batch, jax.random.key(0)).cost_analysis()
+def lowered_facts(step: JaxStep) -> dict[str, Any]:
+    """From the lowered (not compiled) step: XLA's FLOP count, which misses custom calls
+    such as cuDNN attention, and how many cuDNN attention kernels (forward and backward)
+    it calls, which says whether the Transformers' attention took cuDNN."""
+    lowered = step.step_fn.lower(step.state, step.batch, jax.random.key(0))
+    cost = lowered.cost_analysis()
     if isinstance(cost, list):
         cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0)) or None
+    return {
+        "xla_cost_analysis_flops": float((cost or {}).get("flops", 0.0)) or None,
+        "cudnn_attention_calls": lowered.as_text().count("__cudnn$fmha"),
+    }
 
 
 def _torch_name(path: tuple[str, ...]) -> str:
