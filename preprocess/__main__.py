@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--min-seconds", type=float, default=d.min_seconds)
     p.add_argument("--max-seconds", type=float, default=d.max_seconds)
     p.add_argument("--no-video", action="store_true", help="skip rendering the mp4 files")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes making videos side by side (default: one per core)",
+    )
     p.set_defaults(run=_run_synth)
 
 
@@ -62,7 +69,9 @@ def _run_synth(args: argparse.Namespace) -> int:
         if done == total or done % 10 == 0:
             print(f"  {done}/{total} videos", file=sys.stderr)
 
-    counts = write_corpus(config, args.out, render=not args.no_video, progress=progress)
+    counts = write_corpus(
+        config, args.out, render=not args.no_video, jobs=args.jobs, progress=progress
+    )
     print(
         f"wrote {counts['videos']} videos ({counts['win']} win, {counts['lose']} lose), "
         f"{counts['clips']} clips, {counts['frames']} frames to {args.out}"

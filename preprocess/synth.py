@@ -66,13 +66,16 @@ OpenCV build tested here (``tests/test_synth.py`` checks).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -865,19 +868,44 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
+def _write_video_files(
+    plan: CorpusPlan, out: Path, render: bool, index: int
+) -> tuple[list[dict[str, str]], int, int]:
+    """One video's skeleton folder, transcript and mp4 (those not there yet); returns its
+    clip rows, label and frame count."""
+    video = generate_video(plan, index)
+    skeleton = out / SKELETON_DIR / video.video_id
+    if not skeleton.is_dir():
+        write_skeletons(video, skeleton)
+    transcript = out / TRANSCRIPT_DIR / f"{video.video_id}.txt"
+    if not transcript.is_file():
+        _atomic_write(transcript, video.transcript)
+    mp4 = out / VIDEO_DIR / f"{video.video_id}.mp4"
+    if render and not mp4.is_file():
+        from preprocess.render import write_video
+
+        write_video(video, mp4)
+    return clip_rows(video), video.label, video.num_frames
+
+
 def write_corpus(
     config: SynthConfig,
     out: Path,
     *,
     render: bool = True,
+    jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Writes (or resumes writing) the corpus under ``out``; returns counts.
 
     Each video's skeleton folder, transcript and mp4 appear atomically, so a
     rerun skips what exists; the labels CSV and protocol are written last. A
-    folder made with other settings is refused.
+    folder made with other settings is refused. ``jobs`` processes make the
+    videos side by side (each video depends only on the plan, so the files are
+    the same for any number).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} must be >= 1")
     out = Path(out)
     settings = json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n"
     config_path = out / CONFIG_JSON
@@ -894,26 +922,25 @@ def write_corpus(
     _atomic_write(config_path, settings)
 
     plan = plan_corpus(config)
+    write_one = functools.partial(_write_video_files, plan, out, render)
     rows: list[dict[str, str]] = []
     counts = {"videos": config.videos, "win": 0, "lose": 0, "clips": 0, "frames": 0}
-    for i in range(config.videos):
-        video = generate_video(plan, i)
-        rows += clip_rows(video)
-        counts["win" if video.label == 1 else "lose"] += 1
-        counts["frames"] += video.num_frames
-        skeleton = out / SKELETON_DIR / video.video_id
-        if not skeleton.is_dir():
-            write_skeletons(video, skeleton)
-        transcript = out / TRANSCRIPT_DIR / f"{video.video_id}.txt"
-        if not transcript.is_file():
-            _atomic_write(transcript, video.transcript)
-        mp4 = out / VIDEO_DIR / f"{video.video_id}.mp4"
-        if render and not mp4.is_file():
-            from preprocess.render import write_video
 
-            write_video(video, mp4)
-        if progress is not None:
-            progress(i + 1, config.videos)
+    def collect(results: Iterable[tuple[list[dict[str, str]], int, int]]) -> None:
+        for done, (video_rows, label, frames) in enumerate(results, 1):  # in video order
+            rows.extend(video_rows)
+            counts["win" if label == 1 else "lose"] += 1
+            counts["frames"] += frames
+            if progress is not None:
+                progress(done, config.videos)
+
+    if jobs == 1:
+        collect(map(write_one, range(config.videos)))
+    else:
+        # spawn: a fresh interpreter per worker, whatever threads the caller has started.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            collect(pool.map(write_one, range(config.videos)))
     counts["clips"] = len(rows)
     _atomic_write(out / PROTOCOL_JSON, json.dumps(make_protocol(plan), indent=1) + "\n")
     _atomic_write(out / LABELS_CSV, _csv_text(rows))

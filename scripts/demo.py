@@ -71,7 +71,12 @@ def main() -> None:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--videos", type=int, default=300)
     p.add_argument("--seeds", type=int, default=3, help="stage-2 seeds, with and without pool")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="training runs at once")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes at once (corpus videos, training runs)",
+    )
     p.add_argument("--vlm-accuracy", type=float, default=0.8)
     p.add_argument("--smoke", action="store_true", help="a tiny corpus and few steps")
     args = p.parse_args()
@@ -98,7 +103,8 @@ def main() -> None:
     synth = ["preprocess", "synth", "--out", str(corpus), "--videos", str(videos)]
     # Long, sparsely sampled interviews: as many frames as short dense ones, more gestures.
     synth += ["--seed", "0", "--fps", "5", "--min-seconds", "20", "--max-seconds", "40"]
-    run(py + synth + ["--width", "256", "--height", "192"], logs / "synth.log", env)
+    synth += ["--width", "256", "--height", "192", "--jobs", str(args.jobs)]
+    run(py + synth, logs / "synth.log", env)
 
     print("2. preprocessing with the simulated VLM (a noisy oracle, not Gemini)", flush=True)
     manifest = imigue.build_manifest(imigue.CorpusLayout(corpus))

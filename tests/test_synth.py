@@ -136,7 +136,7 @@ SMALL = ["--videos", "6", "--seed", "3", "--fps", "10", "--min-seconds", "2", "-
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "corpus"
-    assert main(["synth", "--out", str(out), *SMALL]) == 0
+    assert main(["synth", "--out", str(out), *SMALL, "--jobs", "1"]) == 0
     return out
 
 
@@ -182,8 +182,9 @@ def test_cli_corpus_is_readable_by_the_adapter_and_openpose_reader(small_corpus)
 
 
 def test_cli_output_is_deterministic_and_resumes(small_corpus, tmp_path):
+    # Two processes write the same bytes as one.
     again = tmp_path / "again"
-    assert main(["synth", "--out", str(again), *SMALL]) == 0
+    assert main(["synth", "--out", str(again), *SMALL, "--jobs", "2"]) == 0
     files = sorted(p.relative_to(small_corpus) for p in small_corpus.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert any(f.suffix == ".mp4" for f in files) and any(f.suffix == ".json" for f in files)
@@ -197,13 +198,15 @@ def test_cli_output_is_deterministic_and_resumes(small_corpus, tmp_path):
         p.unlink()
     skeleton.rmdir()
     (again / "Label" / "labels_20200831.csv").unlink()
-    assert main(["synth", "--out", str(again), *SMALL]) == 0
+    assert main(["synth", "--out", str(again), *SMALL, "--jobs", "2"]) == 0
     assert first.read_bytes() == (small_corpus / first.relative_to(again)).read_bytes()
     assert (again / "Label" / "labels_20200831.csv").read_bytes() == (
         small_corpus / "Label" / "labels_20200831.csv"
     ).read_bytes()
     with pytest.raises(FileExistsError, match="other settings"):
         write_corpus(SynthConfig(videos=6, seed=4), again)
+    with pytest.raises(ValueError, match="jobs=0 must be >= 1"):
+        write_corpus(SynthConfig(videos=6, seed=3), again, jobs=0)
 
 
 def test_emotion_protocol_on_the_synthetic_corpus_is_balanced(tmp_path):
