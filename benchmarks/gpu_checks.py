@@ -209,9 +209,8 @@ def train_checks(smoke: bool):
             yield failed(name, err)
 
 
-# In order of what only a GPU can tell: a run cut short loses the last.
-# Train and parity first: in the first GPU run the attention part alone used up its
-# time limit.
+# A run cut short loses the last part. Train and parity first: in the first GPU run
+# the attention part alone used up its time limit.
 PARTS = {"train": train_checks, "parity": parity_checks, "attention": attention_checks}
 
 

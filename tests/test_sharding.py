@@ -140,6 +140,7 @@ def test_the_seed_reaches_the_compiled_init_as_an_argument(config):
     assert any(not np.allclose(a, b) for a, b in zip(built[0], built[3], strict=True))
 
 
+@pytest.mark.slow
 def test_the_runs_learn(runs):
     # Loss moves after the first (zero learning rate) update: the equalities below
     # compare training, not three copies of the initial model.
