@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.grad_accum = 1
+    # Stage 2: learning rate of the parameters loaded from init_from, as a fraction of
+    # optim.lr (the fusion and the heads, new, train at optim.lr; 0 keeps the branches).
+    c.optim.init_lr_scale = 1.0
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 500

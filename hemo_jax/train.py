@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -60,6 +62,8 @@ def _resume_point(
     for source in (workdir, config.resume):
         if not source:
             continue
+        if source != workdir and not os.path.isdir(os.path.join(source, checkpoint.CHECKPOINT_DIR)):
+            break  # a mistyped config.resume fails below, and is not created by the store
         src = store if source == workdir else checkpoint.CheckpointStore(source, best_metric=None)
         step = src.latest_step()
         if step is not None:
@@ -107,6 +111,22 @@ def _stage1_branches(
             origin=source,
         )
         loaded[name] = (source, branches[name])
+    return loaded
+
+
+def _loaded_from_stage1(config: ml_collections.ConfigDict) -> Callable[[str], bool] | None:
+    """Stage 2: whether a parameter path is one loaded from a stage-1 checkpoint."""
+    if config.optim.init_lr_scale < 0.0:
+        raise ValueError(
+            f"config.optim.init_lr_scale must be >= 0, got {config.optim.init_lr_scale}"
+        )
+    if config.stage != 2:
+        return None
+    skipped = [re.compile(p) for p in config.init_skip]
+
+    def loaded(path: str) -> bool:
+        return path.startswith("branches/") and not any(p.search(path) for p in skipped)
+
     return loaded
 
 
@@ -173,6 +193,8 @@ def run_training(
         clip_norm=c.clip_norm,
         b1=c.b1,
         b2=c.b2,
+        lr_scale=c.init_lr_scale,
+        lr_scaled=_loaded_from_stage1(config),
     )
     trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hemo_jax.training import checkpoint
+from configs import common
+from hemo_jax import train
+from hemo_jax.training import checkpoint, evaluation
 
 
 def _state(scale):
@@ -58,9 +60,23 @@ def test_merge_params_is_strict_and_reports_every_problem():
         checkpoint.merge_params(target, shaped, prefix="branches/keypoints", skip=(r"/head/",))
 
 
-def test_load_params_names_a_workdir_without_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        checkpoint.load_params(str(tmp_path / "nothing"))
+def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
+    typo = tmp_path / "nothing"
+    with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
+        checkpoint.load_params(str(typo))
+    with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
+        evaluation.load_trained(str(typo))
+    config = common.get_config()
+    config.resume = str(typo)
+    store = checkpoint.CheckpointStore(str(tmp_path / "run"), best_metric=None)
+    try:
+        with pytest.raises(
+            FileNotFoundError, match="config.resume=.*nothing.* holds no checkpoint"
+        ):
+            train._resume_point(config, str(tmp_path / "run"), store)
+    finally:
+        store.close()
+    assert not typo.exists()
 
 
 def test_load_params_reads_a_checkpoint_of_sharded_arrays_as_numpy(tmp_path):

@@ -91,7 +91,8 @@ def _wait_for_rows(run, n: int, timeout: float = 300) -> None:
 def second_runs(base, env, data_args, first_runs):
     """Runs that start from the image and text stage-1 workdirs, launched together
     (the keypoints run goes on meanwhile): a stage-2 smoke run over those two
-    branches (all three would double the compile time), two stage-2 runs that must
+    branches (all three would double the compile time) with the loaded branches'
+    learning rate at 0, two stage-2 runs that must
     refuse their init_from, and an image run sent SIGTERM once it has logged 2 steps
     (it stops within steps 2-5: its smoke config saves at step 3, which takes a while)."""
     stage1 = {b: _finished(first_runs[b], f"stage-1 {b} smoke run") for b in ("image", "text")}
@@ -99,7 +100,13 @@ def second_runs(base, env, data_args, first_runs):
     init = [f"--config.init_from.{b}={stage1[b]}" for b in ("image", "text")]
     runs = {
         "stage2": launch_train(
-            "finetune.py:smoke", base / "stage2", *data_args, branches, *init, env=env
+            "finetune.py:smoke",
+            base / "stage2",
+            *data_args,
+            branches,
+            *init,
+            "--config.optim.init_lr_scale=0",
+            env=env,
         ),
         "missing": launch_train(
             "finetune.py:smoke",
@@ -150,7 +157,7 @@ def _losses(rows) -> dict[int, float]:
 
 def _leaves(tree):
     if isinstance(tree, dict):
-        return [leaf for v in tree.values() for leaf in _leaves(v)]
+        return [leaf for _, v in sorted(tree.items()) for leaf in _leaves(v)]
     return [tree]
 
 
@@ -164,6 +171,19 @@ def test_stage2_smoke_run_starts_from_the_stage1_branches(second_runs):
     assert [r["step"] for r in rows] == list(range(1, SMOKE_STEPS + 1))
     params, step = checkpoint.load_params(str(second_runs["stage2"].workdir))
     assert step == SMOKE_STEPS and set(params) == {"branches", "fusion"}
+    # With init_lr_scale 0 every loaded parameter ends as stage 1 left it; the heads
+    # (not loaded) and the fusion trained.
+    for name in ("image", "text"):
+        stage1, _ = checkpoint.load_params(str(second_runs["stage2"].workdir.parent / name))
+        got, want = params["branches"][name], stage1["branches"][name]
+        assert set(got) == set(want)
+        for part in set(got) - {"head"}:
+            for a, b in zip(_leaves(got[part]), _leaves(want[part]), strict=True):
+                np.testing.assert_array_equal(a, b)
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(_leaves(got["head"]), _leaves(want["head"]), strict=True)
+        )
 
 
 @pytest.mark.slow

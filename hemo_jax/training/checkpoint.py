@@ -202,6 +202,17 @@ class CheckpointStore:
         self._manager.close()
 
 
+def existing_checkpoint_dir(workdir: str) -> str:
+    """The checkpoint directory of a finished or running workdir; an error if there is none.
+
+    Readers check first: opening a store on a mistyped workdir would create it.
+    """
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r} (looked for {directory})")
+    return directory
+
+
 def load_params(
     workdir: str,
     *,
@@ -214,9 +225,7 @@ def load_params(
     Without ``step``: the best step by ``best_metric`` (the latest when no step
     has metrics, or when ``best_metric`` is None).
     """
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {workdir!r} (looked for {directory})")
+    directory = existing_checkpoint_dir(workdir)
     store = CheckpointStore(
         workdir, keep_last=1 << 30, best_metric=best_metric, best_mode=best_mode
     )

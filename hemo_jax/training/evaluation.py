@@ -101,6 +101,7 @@ def load_trained(
     ``checkpoint_step`` is "latest", "best" (by the config's best metric) or a step number.
     ``shards`` replaces the config's shard set (to predict on other data).
     """
+    checkpoint.existing_checkpoint_dir(workdir)
     store = checkpoint.CheckpointStore(workdir, best_metric=None)
     try:
         latest = store.latest_step()

@@ -45,11 +45,16 @@ def make_optimizer(
     clip_norm: float,
     b1: float = 0.9,
     b2: float = 0.999,
+    lr_scale: float = 1.0,
+    lr_scaled: Callable[[str], bool] | None = None,
 ) -> optax.GradientTransformation:
     """AdamW with linear warm-up and cosine decay, global-norm clipping.
 
     Weight decay applies to matrices only (kernels, embeddings), not to biases
-    or normalisation scales.
+    or normalisation scales. ``lr_scaled`` picks parameters by path
+    ("branches/keypoints/encoder/...") whose learning rate is ``lr_scale`` times
+    the others' (stage 2: pretrained branches that should move less than the
+    fusion trained from scratch).
     """
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -62,10 +67,24 @@ def make_optimizer(
     def decay_mask(params: Any) -> Any:
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
-    return optax.chain(
+    tx = optax.chain(
         optax.clip_by_global_norm(clip_norm),
         optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),
     )
+    if lr_scaled is None or lr_scale == 1.0:
+        return tx
+
+    def scaled_mask(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, _: lr_scaled(param_path(path)), params)
+
+    # AdamW's update already holds the learning rate and the decay: scaling it scales both.
+    return optax.chain(tx, optax.masked(optax.scale(lr_scale), scaled_mask))
+
+
+def param_path(path: tuple) -> str:
+    """A pytree path of a parameter as "branches/text/encoder/..." (the checkpoint keys)."""
+    keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+    return "/".join(str(k) for k in keys if k is not None)
 
 
 def trainable_filter(frozen_prefixes: tuple[tuple[str, ...], ...] = ()) -> Any:

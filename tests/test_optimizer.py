@@ -1,0 +1,83 @@
+"""The optimizer's per-parameter learning-rate scale (stage 2's pretrained branches)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import finetune
+from hemo_jax import train
+from hemo_jax.training import trainer
+
+
+class TwoParts(nnx.Module):
+    def __init__(self):
+        self.branches = nnx.Dict({"text": nnx.Linear(3, 4, rngs=nnx.Rngs(0))})
+        self.fusion = nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+
+    def __call__(self, x):
+        return self.fusion(self.branches["text"](x))
+
+
+def _updates(**kw) -> dict[str, np.ndarray]:
+    """Parameter change after two steps of the same loss, by path. The schedule's
+    learning rate is 0 at the first step, so both runs take the second step from the
+    same parameters with the same gradients and Adam moments."""
+    model = TwoParts()
+    before = {k: np.array(v) for k, v in _flat(model).items()}
+    tx = trainer.make_optimizer(
+        lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.1, clip_norm=1.0, **kw
+    )
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jnp.arange(6.0).reshape(2, 3)
+    for _ in range(2):
+        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+        opt.update(model, grads)
+    return {k: np.array(v) - before[k] for k, v in _flat(model).items()}
+
+
+def _flat(model: nnx.Module) -> dict[str, jax.Array]:
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
+    return {trainer.param_path(path): value for path, value in leaves}
+
+
+def test_scaled_parameters_move_by_the_scale_and_the_others_as_before():
+    plain = _updates()
+    scaled = _updates(lr_scale=0.25, lr_scaled=lambda path: path.startswith("branches/"))
+    assert set(plain) == {
+        "branches/text/kernel",
+        "branches/text/bias",
+        "fusion/kernel",
+        "fusion/bias",
+    }
+    for path in plain:
+        assert np.abs(plain[path]).max() > 0, path
+    # Each update is the difference of two float32 parameters near 1: a few 1e-5 of it.
+    for path in ("branches/text/kernel", "branches/text/bias"):
+        np.testing.assert_allclose(scaled[path], 0.25 * plain[path], rtol=1e-3)
+    for path in ("fusion/kernel", "fusion/bias"):
+        np.testing.assert_allclose(scaled[path], plain[path], rtol=1e-3)
+
+
+def test_stage2_scales_only_what_it_loads_from_stage1():
+    config = finetune.get_config()
+    loaded = train._loaded_from_stage1(config)
+    assert loaded("branches/keypoints/encoder/blocks/0/attn/qkv/kernel")
+    assert loaded("branches/text/encoder/embed/embedding")
+    # Stage-1 heads are not loaded (config.init_skip), nor is the fusion: both are new.
+    assert not loaded("branches/keypoints/head/linear/kernel")
+    assert not loaded("fusion/proj/kernel")
+
+
+def test_stage1_has_nothing_loaded_and_a_negative_scale_is_refused():
+    from configs import pretrain
+
+    assert train._loaded_from_stage1(pretrain.get_config("image")) is None
+    config = finetune.get_config()
+    with config.unlocked():
+        config.optim.init_lr_scale = -0.1
+    with pytest.raises(ValueError, match="init_lr_scale must be >= 0, got -0.1"):
+        train._loaded_from_stage1(config)
