@@ -33,6 +33,23 @@ def test_round_trip_and_retention(tmp_path):
     np.testing.assert_array_equal(params["w"], np.full((2, 3), 1, np.float32))
 
 
+def test_resuming_into_a_different_state_names_every_difference(tmp_path):
+    store = checkpoint.CheckpointStore(str(tmp_path), best_metric=None)
+    store.save(5, _state(1), data_iterator=None, config={})
+    other = _state(0)
+    other["params"]["w"] = np.zeros((2, 4), np.float32)
+    other["opt"]["mu"] = {"w": np.zeros((2, 4), np.float32)}
+    del other["params"]["b"]
+    with pytest.raises(checkpoint.CheckpointMismatch) as err:
+        store.restore(5, other, data_iterator=None)
+    store.close()
+    message = str(err.value)
+    assert f"cannot resume from step 5 in {tmp_path / 'checkpoints'}" in message
+    assert "missing in checkpoint: opt/mu/w" in message
+    assert "not in this config: params/b" in message
+    assert "shape of params/w: checkpoint (2, 3), config (2, 4)" in message
+
+
 def test_merge_params_is_strict_and_reports_every_problem():
     target = {
         "branches": {

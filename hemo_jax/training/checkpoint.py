@@ -42,7 +42,7 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
 
 
 class CheckpointMismatch(ValueError):
-    """Parameters in a checkpoint do not fit the model: lists every problem."""
+    """A checkpoint does not fit the model (or its optimizer): names the problems."""
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,6 +54,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+def _arrays(tree: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the array leaves of a checkpoint tree (or of its metadata), by path."""
+    return {k: tuple(v.shape) for k, v in _flatten(tree).items() if hasattr(v, "shape")}
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,6 +173,7 @@ class CheckpointStore:
         self, step: int, abstract_state: Any, *, data_iterator: grain.DatasetIterator | None
     ) -> tuple[Any, dict[str, Any]]:
         """Restores ``state`` (shaped and sharded like ``abstract_state``) and the iterator."""
+        self._check_resumable(step, abstract_state)
         items: dict[str, Any] = {
             "state": ocp.args.PyTreeRestore(
                 abstract_state,
@@ -179,6 +185,27 @@ class CheckpointStore:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["meta"]
+
+    def _check_resumable(self, step: int, abstract_state: Mapping[str, Any]) -> None:
+        """Names what differs between a saved state and the one the config builds."""
+        meta = self._manager.item_metadata(step)["state"]
+        saved = _arrays(dict(meta.tree if hasattr(meta, "tree") else meta))
+        wanted = _arrays(abstract_state)
+        problems = [f"missing in checkpoint: {k}" for k in sorted(wanted.keys() - saved.keys())]
+        problems += [f"not in this config: {k}" for k in sorted(saved.keys() - wanted.keys())]
+        problems += [
+            f"shape of {k}: checkpoint {saved[k]}, config {wanted[k]}"
+            for k in sorted(wanted.keys() & saved.keys())
+            if saved[k] != wanted[k]
+        ]
+        if problems:
+            shown = "\n  ".join(problems[:8])
+            more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+            raise CheckpointMismatch(
+                f"cannot resume from step {step} in {self.directory}: its model and optimizer "
+                "state do not match the ones this config builds (changed model sizes, "
+                "branches or optimizer options, such as optim.init_lr_scale?)\n  " + shown + more
+            )
 
     def restore_item(self, step: int, item: str) -> Any:
         """One item of a step: JSON items as dicts, ``state`` as host numpy arrays.
