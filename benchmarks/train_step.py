@@ -19,7 +19,9 @@ cores by default. The load average before and after is recorded, and per side th
 minor page faults and system CPU time per step: XLA:CPU takes each step's scratch
 memory (one block of ~200 MB at the demo's shapes) fresh from the kernel, page by page,
 unless glibc's malloc is told to back it with huge pages
-(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, recorded in the results).
+(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, recorded in the results). The JAX side
+runs with the trainer's XLA:CPU setting (``hemo_jax.training.xla_cpu``, which
+``hemo_jax.train`` applies too; the resulting XLA_FLAGS are recorded).
 
 ``--gpu``: steps/s and model FLOPs utilisation (MFU) of the JAX step at keypoint
 sequence lengths 4k..32k frames, bf16 compute, on the GPU. Model FLOPs are counted
@@ -68,7 +70,7 @@ from run_info import interpreter  # noqa: E402
 
 from configs import demo  # noqa: E402
 from hemo_jax.models import factory  # noqa: E402
-from hemo_jax.training import sharding, trainer  # noqa: E402
+from hemo_jax.training import sharding, trainer, xla_cpu  # noqa: E402
 from preprocess.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -557,6 +559,8 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    # The step as hemo_jax.train runs it: with the trainer's XLA:CPU setting.
+    xla_cpu.prefer_xla_reductions()
 
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -579,6 +583,7 @@ def main() -> None:
             loadavg_after=os.getloadavg(),
             settings={"warmup": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps},
             glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
+            xla_flags=os.environ.get("XLA_FLAGS"),
         )
         write_json_atomic(out, payload)
 

@@ -27,7 +27,15 @@ from ml_collections import config_flags
 from hemo_jax.data import pipeline
 from hemo_jax.data.shards import open_shards
 from hemo_jax.models import convert, factory
-from hemo_jax.training import checkpoint, evaluation, inputs, metrics, sharding, trainer
+from hemo_jax.training import (
+    checkpoint,
+    evaluation,
+    inputs,
+    metrics,
+    sharding,
+    trainer,
+    xla_cpu,
+)
 from hemo_jax.training.logger import MetricLogger
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
@@ -297,6 +305,7 @@ def main(argv: list[str]) -> None:
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     np.set_printoptions(precision=4)
+    xla_cpu.prefer_xla_reductions()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
