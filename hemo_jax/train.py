@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,26 +61,6 @@ def _stop_requested(flag: dict[str, bool]) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag["stop"]))))
 
 
-def _resume_point(
-    config: ml_collections.ConfigDict, workdir: str, store: checkpoint.CheckpointStore
-) -> tuple[checkpoint.CheckpointStore, int, str] | None:
-    """The checkpoint to continue from: this workdir's latest, else ``config.resume``'s."""
-    for source in (workdir, config.resume):
-        if not source:
-            continue
-        if source != workdir and not os.path.isdir(os.path.join(source, checkpoint.CHECKPOINT_DIR)):
-            break  # a mistyped config.resume fails below, and is not created by the store
-        src = store if source == workdir else checkpoint.CheckpointStore(source, best_metric=None)
-        step = src.latest_step()
-        if step is not None:
-            return src, step, source
-        if src is not store:
-            src.close()
-    if config.resume:
-        raise FileNotFoundError(f"config.resume={config.resume!r} holds no checkpoint")
-    return None
-
-
 def _stage1_branches(
     config: ml_collections.ConfigDict, abstract_params: Any
 ) -> dict[str, tuple[str, Any]]:
@@ -119,22 +97,6 @@ def _stage1_branches(
             origin=source,
         )
         loaded[name] = (source, branches[name])
-    return loaded
-
-
-def _loaded_from_stage1(config: ml_collections.ConfigDict) -> Callable[[str], bool] | None:
-    """Stage 2: whether a parameter path is one loaded from a stage-1 checkpoint."""
-    if config.optim.init_lr_scale < 0.0:
-        raise ValueError(
-            f"config.optim.init_lr_scale must be >= 0, got {config.optim.init_lr_scale}"
-        )
-    if config.stage != 2:
-        return None
-    skipped = [re.compile(p) for p in config.init_skip]
-
-    def loaded(path: str) -> bool:
-        return path.startswith("branches/") and not any(p.search(path) for p in skipped)
-
     return loaded
 
 
@@ -202,7 +164,7 @@ def run_training(
         b1=c.b1,
         b2=c.b2,
         lr_scale=c.init_lr_scale,
-        lr_scaled=_loaded_from_stage1(config),
+        lr_scaled=factory.loaded_from_stage1(config),
     )
     trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
 
@@ -224,7 +186,7 @@ def run_training(
         keep_last=config.train.keep_checkpoints,
         best_metric=config.train.best_metric,
     )
-    resume = _resume_point(config, workdir, store)
+    resume = checkpoint.resume_point(store, workdir, config.resume)
     stage1 = {} if resume else _stage1_branches(config, state.params())
     state = trainer.initialize(state, model_fn, tx, mesh, seed=config.seed)
     if resume:

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import common
-from hemo_jax import train
 from hemo_jax.training import checkpoint, evaluation
 
 
@@ -83,14 +81,12 @@ def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
         checkpoint.load_params(str(typo))
     with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
         evaluation.load_trained(str(typo))
-    config = common.get_config()
-    config.resume = str(typo)
     store = checkpoint.CheckpointStore(str(tmp_path / "run"), best_metric=None)
     try:
         with pytest.raises(
             FileNotFoundError, match="config.resume=.*nothing.* holds no checkpoint"
         ):
-            train._resume_point(config, str(tmp_path / "run"), store)
+            checkpoint.resume_point(store, str(tmp_path / "run"), str(typo))
     finally:
         store.close()
     assert not typo.exists()

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import finetune
-from hemo_jax import train
+from hemo_jax.models import factory
 from hemo_jax.training import trainer
 
 
@@ -64,7 +64,7 @@ def test_scaled_parameters_move_by_the_scale_and_the_others_as_before():
 
 def test_stage2_scales_only_what_it_loads_from_stage1():
     config = finetune.get_config()
-    loaded = train._loaded_from_stage1(config)
+    loaded = factory.loaded_from_stage1(config)
     assert loaded("branches/keypoints/encoder/blocks/0/attn/qkv/kernel")
     assert loaded("branches/text/encoder/embed/embedding")
     # Stage-1 heads are not loaded (config.init_skip), nor is the fusion: both are new.
@@ -75,9 +75,9 @@ def test_stage2_scales_only_what_it_loads_from_stage1():
 def test_stage1_has_nothing_loaded_and_a_negative_scale_is_refused():
     from configs import pretrain
 
-    assert train._loaded_from_stage1(pretrain.get_config("image")) is None
+    assert factory.loaded_from_stage1(pretrain.get_config("image")) is None
     config = finetune.get_config()
     with config.unlocked():
         config.optim.init_lr_scale = -0.1
     with pytest.raises(ValueError, match="init_lr_scale must be >= 0, got -0.1"):
-        train._loaded_from_stage1(config)
+        factory.loaded_from_stage1(config)

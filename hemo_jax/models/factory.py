@@ -8,6 +8,8 @@ weights that come from elsewhere (a BERT checkpoint for the text encoder).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -110,6 +112,23 @@ def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
     if "text" in config.branches and m.text_encoder and m.freeze_text_encoder:
         return (tuple(TEXT_ENCODER_PATH.split("/")),)
     return ()
+
+
+def loaded_from_stage1(config: ml_collections.ConfigDict) -> Callable[[str], bool] | None:
+    """Stage 2: whether a parameter path ("branches/text/...") is loaded from a stage-1
+    checkpoint (every branch, less what ``config.init_skip`` matches); None in stage 1."""
+    if config.optim.init_lr_scale < 0.0:
+        raise ValueError(
+            f"config.optim.init_lr_scale must be >= 0, got {config.optim.init_lr_scale}"
+        )
+    if config.stage != 2:
+        return None
+    skipped = [re.compile(p) for p in config.init_skip]
+
+    def loaded(path: str) -> bool:
+        return path.startswith("branches/") and not any(p.search(path) for p in skipped)
+
+    return loaded
 
 
 def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -240,6 +240,28 @@ def existing_checkpoint_dir(workdir: str) -> str:
     return directory
 
 
+def resume_point(
+    store: CheckpointStore, workdir: str, resume: str
+) -> tuple[CheckpointStore, int, str] | None:
+    """The checkpoint to continue from: ``store``'s (the workdir's) latest, else that of
+    the workdir ``resume`` (if given: then it must hold one). Returns (its store, step,
+    source); a store opened on ``resume`` is the caller's to close."""
+    for source in (workdir, resume):
+        if not source:
+            continue
+        if source != workdir and not os.path.isdir(os.path.join(source, CHECKPOINT_DIR)):
+            break  # a mistyped resume fails below, and is not created by the store
+        src = store if source == workdir else CheckpointStore(source, best_metric=None)
+        step = src.latest_step()
+        if step is not None:
+            return src, step, source
+        if src is not store:
+            src.close()
+    if resume:
+        raise FileNotFoundError(f"config.resume={resume!r} holds no checkpoint")
+    return None
+
+
 def load_params(
     workdir: str,
     *,
