@@ -31,6 +31,32 @@ def test_round_trip_and_retention(tmp_path):
     np.testing.assert_array_equal(params["w"], np.full((2, 3), 1, np.float32))
 
 
+def test_resume_point_takes_the_workdir_then_config_resume(tmp_path):
+    other = checkpoint.CheckpointStore(str(tmp_path / "other"), best_metric=None)
+    other.save(3, _state(3), data_iterator=None, config={})
+    other.close()
+    empty = checkpoint.CheckpointStore(str(tmp_path / "empty"), best_metric=None)
+    empty.close()
+    run = checkpoint.CheckpointStore(str(tmp_path / "run"), best_metric=None)
+    try:
+        assert checkpoint.resume_point(run, str(tmp_path / "run"), "") is None
+        src, step, origin = checkpoint.resume_point(
+            run, str(tmp_path / "run"), str(tmp_path / "other")
+        )
+        assert (step, origin) == (3, str(tmp_path / "other")) and src is not run
+        src.close()
+        with pytest.raises(FileNotFoundError, match="config.resume=.*empty.* holds no checkpoint"):
+            checkpoint.resume_point(run, str(tmp_path / "run"), str(tmp_path / "empty"))
+        # The workdir's own checkpoint comes first.
+        run.save(5, _state(5), data_iterator=None, config={})
+        src, step, origin = checkpoint.resume_point(
+            run, str(tmp_path / "run"), str(tmp_path / "other")
+        )
+        assert (src, step, origin) == (run, 5, str(tmp_path / "run"))
+    finally:
+        run.close()
+
+
 def test_resuming_into_a_different_state_names_every_difference(tmp_path):
     store = checkpoint.CheckpointStore(str(tmp_path), best_metric=None)
     store.save(5, _state(1), data_iterator=None, config={})

@@ -56,6 +56,25 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _differences(
+    wanted: Mapping[str, tuple[int, ...]],
+    given: Mapping[str, tuple[int, ...]],
+    *,
+    extra: str,
+    target: str,
+) -> list[str]:
+    """Shapes by path, wanted against a checkpoint's: what is missing, what is ``extra``
+    and what has another shape than the ``target`` (model, config) has."""
+    problems = [f"missing in checkpoint: {k}" for k in sorted(wanted.keys() - given.keys())]
+    problems += [f"{extra}: {k}" for k in sorted(given.keys() - wanted.keys())]
+    problems += [
+        f"shape of {k}: checkpoint {given[k]}, {target} {wanted[k]}"
+        for k in sorted(wanted.keys() & given.keys())
+        if given[k] != wanted[k]
+    ]
+    return problems
+
+
 def _arrays(tree: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Shapes of the array leaves of a checkpoint tree (or of its metadata), by path."""
     return {k: tuple(v.shape) for k, v in _flatten(tree).items() if hasattr(v, "shape")}
@@ -191,13 +210,7 @@ class CheckpointStore:
         meta = self._manager.item_metadata(step)["state"]
         saved = _arrays(dict(meta.tree if hasattr(meta, "tree") else meta))
         wanted = _arrays(abstract_state)
-        problems = [f"missing in checkpoint: {k}" for k in sorted(wanted.keys() - saved.keys())]
-        problems += [f"not in this config: {k}" for k in sorted(saved.keys() - wanted.keys())]
-        problems += [
-            f"shape of {k}: checkpoint {saved[k]}, config {wanted[k]}"
-            for k in sorted(wanted.keys() & saved.keys())
-            if saved[k] != wanted[k]
-        ]
+        problems = _differences(wanted, saved, extra="not in this config", target="config")
         if problems:
             shown = "\n  ".join(problems[:8])
             more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
@@ -246,20 +259,21 @@ def resume_point(
     """The checkpoint to continue from: ``store``'s (the workdir's) latest, else that of
     the workdir ``resume`` (if given: then it must hold one). Returns (its store, step,
     source); a store opened on ``resume`` is the caller's to close."""
-    for source in (workdir, resume):
-        if not source:
-            continue
-        if source != workdir and not os.path.isdir(os.path.join(source, CHECKPOINT_DIR)):
-            break  # a mistyped resume fails below, and is not created by the store
-        src = store if source == workdir else CheckpointStore(source, best_metric=None)
-        step = src.latest_step()
-        if step is not None:
-            return src, step, source
-        if src is not store:
-            src.close()
-    if resume:
-        raise FileNotFoundError(f"config.resume={resume!r} holds no checkpoint")
-    return None
+    step = store.latest_step()
+    if step is not None:
+        return store, step, workdir
+    if not resume:
+        return None
+    empty = FileNotFoundError(f"config.resume={resume!r} holds no checkpoint")
+    # Checked first: a store opened on a mistyped resume would create it.
+    if not os.path.isdir(os.path.join(resume, CHECKPOINT_DIR)):
+        raise empty
+    other = CheckpointStore(resume, best_metric=None)
+    step = other.latest_step()
+    if step is None:
+        other.close()
+        raise empty
+    return other, step, resume
 
 
 def load_params(
@@ -300,17 +314,14 @@ def _branch_problems(
     def is_skipped(key: str) -> bool:
         return any(p.search(key) for p in skipped)
 
-    wanted = {k for k in flat_target if k.startswith(prefix + "/") and not is_skipped(k)}
-    given = {k for k in flat_source if not is_skipped(k)}
-    problems = [f"missing in checkpoint: {k}" for k in sorted(wanted - given)]
-    problems += [f"unexpected in checkpoint: {k}" for k in sorted(given - wanted)]
-    for k in sorted(wanted & given):
-        if tuple(np.shape(flat_target[k])) != tuple(np.shape(flat_source[k])):
-            problems.append(
-                f"shape of {k}: checkpoint {np.shape(flat_source[k])}, "
-                f"model {np.shape(flat_target[k])}"
-            )
-    return wanted, flat_source, problems
+    wanted = {
+        k: tuple(np.shape(v))
+        for k, v in flat_target.items()
+        if k.startswith(prefix + "/") and not is_skipped(k)
+    }
+    given = {k: tuple(np.shape(v)) for k, v in flat_source.items() if not is_skipped(k)}
+    problems = _differences(wanted, given, extra="unexpected in checkpoint", target="model")
+    return set(wanted), flat_source, problems
 
 
 def _raise_problems(problems: list[str], prefix: str, origin: str) -> None:
