@@ -23,7 +23,6 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from hemo_jax.data import pipeline
-from hemo_jax.data.shards import open_shards
 from hemo_jax.models import convert, factory
 from hemo_jax.training import (
     checkpoint,
@@ -138,12 +137,12 @@ def run_training(
         raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
     stop = _install_sigterm()
+    shards = inputs.shard_set(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.seq)
     log = MetricLogger(workdir, enabled=jax.process_index() == 0)
     log.text(f"mesh: {sharding.describe(mesh)}")
 
-    shards = open_shards(config.data.shards)
     text_fn = factory.make_text_fn(config)
     train_loader = pipeline.make_loader(
         shards,

@@ -1,10 +1,23 @@
-"""The data pipeline settings a training config implies, for training and evaluation."""
+"""The data a training config names: its shard set and the pipeline settings for
+training and evaluation."""
 
 from __future__ import annotations
 
 import ml_collections
 
 from hemo_jax.data import pipeline, splits
+from hemo_jax.data.shards import ShardSet, open_shards
+
+
+def shard_set(config: ml_collections.ConfigDict) -> ShardSet:
+    """The shard set ``config.data.shards`` names; unset, an error that says how to set it
+    (an empty path would otherwise be read as the current directory)."""
+    if not config.data.shards:
+        raise ValueError(
+            "config.data.shards is not set: pass --config.data.shards=DIR, a shard set "
+            "with image features (the output of hemo_jax.encode)"
+        )
+    return open_shards(config.data.shards)
 
 
 def pipeline_config(
