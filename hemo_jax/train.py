@@ -137,6 +137,11 @@ def run_training(
         raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
     stop = _install_sigterm()
+    options = trainer.StepOptions(
+        compute_dtype=config.train.compute_dtype,
+        grad_accum=config.optim.grad_accum,
+        aux_loss_weight=config.train.aux_loss_weight,
+    )
     shards = inputs.shard_set(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.seq)
@@ -205,11 +210,6 @@ def run_training(
     log.text(f"starting at step {start_step} from {origin}")
 
     first = next(train_loader)
-    options = trainer.StepOptions(
-        compute_dtype=config.train.compute_dtype,
-        grad_accum=config.optim.grad_accum,
-        aux_loss_weight=config.train.aux_loss_weight,
-    )
     train_step = trainer.make_train_step(state, mesh, first, options=options)
     evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn)
     config_json = json.loads(config.to_json_best_effort())

@@ -65,3 +65,17 @@ def test_every_attention_of_the_train_step_runs_in_the_compute_dtype(
     # Self-attention in three branches and the fusion's cross-attention, at least once each.
     assert len(seen) >= 4
     assert set(seen) == {(compute_dtype,) * 3}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compute_dtype": "float16"}, "compute_dtype 'float16' is not one of"),
+        ({"compute_dtype": "fp16"}, "compute_dtype 'fp16' is not one of"),
+        ({"grad_accum": 0}, "grad_accum must be >= 1, got 0"),
+        ({"aux_loss_weight": -0.1}, "aux_loss_weight must be >= 0"),
+    ],
+)
+def test_step_options_refuse_what_the_step_cannot_run(options, message):
+    with pytest.raises(ValueError, match=message):
+        trainer.StepOptions(**options)

@@ -29,11 +29,23 @@ class NonFiniteError(FloatingPointError):
     """Loss or gradients stopped being finite."""
 
 
+# float16 would need loss scaling; bfloat16 keeps float32's exponent range.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
     compute_dtype: str = "float32"  # bfloat16: bf16 compute over float32 parameters
     grad_accum: int = 1
     aux_loss_weight: float = 0.0  # weight of each branch's own loss in the fused model
+
+    def __post_init__(self):
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
 
 
 def make_optimizer(
@@ -231,10 +243,8 @@ def make_train_step(
     compute_dtype = jnp.dtype(options.compute_dtype)
     accum = options.grad_accum
     batch_size = len(batch_example["target"])
-    if accum < 1 or batch_size % accum:
-        raise ValueError(
-            f"grad_accum {accum} must be >= 1 and divide the global batch size {batch_size}"
-        )
+    if batch_size % accum:
+        raise ValueError(f"grad_accum {accum} must divide the global batch size {batch_size}")
 
     def step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
         model, optimizer = nnx.merge(graphdef, state)
