@@ -27,6 +27,9 @@ _OUT = flags.DEFINE_string("out", None, "Output CSV.", required=True)
 def predict(
     workdir: str, out: str, *, shards: str | None, splits: list[str], checkpoint_step: str
 ) -> list[report.VideoPrediction]:
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; expected some of {SPLITS}")
     if stacked_runs.is_stacked(workdir):
         shard_set = open_shards(shards or stacked_runs.load(workdir)["shards"])
         rows = stacked_runs.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)

@@ -118,6 +118,17 @@ def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
     assert not typo.exists()
 
 
+def test_readers_name_a_step_that_is_not_there(tmp_path):
+    store = checkpoint.CheckpointStore(str(tmp_path), best_metric=None)
+    for step in (2, 4):
+        store.save(step, _state(step), data_iterator=None, config={})
+    store.close()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*holds \[2, 4\]"):
+        checkpoint.load_params(str(tmp_path), step=3)
+    with pytest.raises(ValueError, match="checkpoint 'last' is not latest, best or a step"):
+        evaluation.load_trained(str(tmp_path), checkpoint_step="last")
+
+
 def test_load_params_reads_a_checkpoint_of_sharded_arrays_as_numpy(tmp_path):
     # Written from a 4-device mesh, parameters split over it: read back whole, on
     # the host, whatever mesh or number of processes the reader has.

@@ -306,6 +306,20 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
         stacked_runs.stack(str(base / "stacked_bad"), [full, folds[0]])
     with pytest.raises(ValueError, match="no full run"):
         stacked_runs.stack(str(base / "stacked_bad"), folds)
+    with pytest.raises(ValueError, match="no fold runs among the runs"):
+        stacked_runs.stack(str(base / "stacked_bad"), [full])
+
+    # A misspelt split is an error, not an empty file.
+    done = subprocess.run(
+        [sys.executable, "-m", "hemo_jax.predict", f"--workdir={out}", "--splits=tset"]
+        + [f"--out={base / 'misspelt.csv'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "unknown splits ['tset']" in done.stderr
+    assert not (base / "misspelt.csv").exists()
 
 
 def test_configs_refuse_unknown_variants_and_keys():

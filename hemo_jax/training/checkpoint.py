@@ -297,6 +297,10 @@ def load_params(
             step = store.best_step() or store.latest_step()
         if step is None:
             raise FileNotFoundError(f"no finished checkpoint step in {directory}")
+        if step not in store.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint step {step} in {directory}; it holds {list(store.all_steps())}"
+            )
         restored = store.restore_item(step, "state")
     finally:
         store.close()

@@ -101,6 +101,8 @@ def load_trained(
     ``checkpoint_step`` is "latest", "best" (by the config's best metric) or a step number.
     ``shards`` replaces the config's shard set (to predict on other data).
     """
+    if checkpoint_step not in ("latest", "best") and not checkpoint_step.isdigit():
+        raise ValueError(f"checkpoint {checkpoint_step!r} is not latest, best or a step number")
     checkpoint.existing_checkpoint_dir(workdir)
     store = checkpoint.CheckpointStore(workdir, best_metric=None)
     try:

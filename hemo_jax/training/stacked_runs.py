@@ -73,8 +73,14 @@ def group_runs(runs: Sequence[Stage1Run]) -> tuple[dict[str, Stage1Run], dict[st
     full: dict[str, Stage1Run] = {}
     folds: dict[str, dict[int, Stage1Run]] = {}
     num_folds = {r.fold[1] for r in runs if r.fold}
+    if not num_folds:
+        raise ValueError(
+            "no fold runs among the runs: the fusion is fitted on out-of-fold predictions, "
+            "so every branch needs, beside its full run, one run per fold k of K "
+            "(config.data.fold=k/K)"
+        )
     if len(num_folds) != 1:
-        raise ValueError(f"fold runs must share one K; got K in {sorted(num_folds) or 'none'}")
+        raise ValueError(f"fold runs must share one K; got K in {sorted(num_folds)}")
     (k_folds,) = num_folds
     for r in runs:
         if r.fold is None:
