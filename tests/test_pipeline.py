@@ -44,8 +44,7 @@ def make_record(i: int, t: int, *, split: str = "train", label: int = 1, **kw) -
         label=label,
         crop_frames=crop_frames,
         boxes=np.zeros((len(crop_frames), 4), np.float32),
-        image_features=feats,
-        **kw,
+        **{"image_features": feats, **kw},
     )
 
 
@@ -264,6 +263,27 @@ def test_image_dim_mismatch_names_the_video(shard_dir):
     cfg = dataclasses.replace(CFG, image_dim=16)
     with pytest.raises(ValueError, match="vid0.*image_features width 4"):
         next(make_loader(shard_dir, cfg, train=True))
+
+
+def test_shards_without_image_features_are_refused_before_reading(tmp_path):
+    out = tmp_path / "raw"
+    write_records([make_record(i, 40, label=i % 2, image_features=None) for i in range(4)], out)
+    with pytest.raises(ValueError, match=r"raw: no record of splits \('train',\) has image_"):
+        make_loader(out, CFG, train=True)
+    b = next(make_loader(out, dataclasses.replace(CFG, image_dim=None), train=True))
+    assert "image_features" not in b and b["keypoints"].shape[0] == 4
+
+
+def test_a_record_without_image_features_gets_no_image_rows(tmp_path):
+    out = tmp_path / "mixed"
+    recs = [make_record(0, 40, image_features=None), make_record(1, 40, label=0)]
+    write_records(recs, out)
+    cfg = dataclasses.replace(CFG, batch_size=2, eval_windows=1)
+    b = next(make_loader(out, cfg, train=False))
+    by_video = dict(
+        zip(b["video_index"].tolist(), b["image_mask"].any(axis=1).tolist(), strict=True)
+    )
+    assert by_video == {0: False, 1: True}
 
 
 def test_selection_pseudo_pool_weights_and_balance(shard_dir):

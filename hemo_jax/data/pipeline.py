@@ -205,13 +205,8 @@ class _MakeElement:
     def _images(self, record: VideoRecord, frames: np.ndarray) -> dict[str, np.ndarray]:
         c = self.config
         feats = record.image_features
-        if feats is None or len(frames) == 0:
+        if feats is None or len(frames) == 0:  # widths were checked from the manifest
             feats = np.zeros((0, c.image_dim), np.float32)
-        elif feats.shape[1] != c.image_dim:
-            raise ValueError(
-                f"record {record.video_id!r}: image_features width {feats.shape[1]}, "
-                f"PipelineConfig.image_dim is {c.image_dim}"
-            )
         else:
             lo = np.searchsorted(record.crop_frames, frames[0], side="left")
             hi = np.searchsorted(record.crop_frames, frames[-1], side="right")
@@ -262,6 +257,23 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _check_image_features(shards: ShardSet, sel: Selection, config: PipelineConfig) -> None:
+    """From the manifest, before any record is read: the image branch needs features of
+    its width, and a shard set where no selected record has any is not encoded yet."""
+    infos = [shards.infos[i] for i in sel.indices]
+    if all(info.feature_dim is None for info in infos):
+        raise ValueError(
+            f"{shards.root}: no record of splits {tuple(config.splits)} has image_features; "
+            "the image branch reads the features hemo_jax.encode adds to a shard set"
+        )
+    for info in infos:
+        if info.feature_dim not in (None, config.image_dim):
+            raise ValueError(
+                f"record {info.video_id!r}: image_features width {info.feature_dim}, "
+                f"PipelineConfig.image_dim is {config.image_dim}"
+            )
+
+
 def make_dataset(
     shards: ShardSet | str | os.PathLike,
     config: PipelineConfig,
@@ -289,6 +301,8 @@ def make_dataset(
         balanced_sampling=config.balanced_sampling,
         hold_out=config.hold_out,
     )
+    if config.image_dim is not None:
+        _check_image_features(shards, sel, config)
     if train:
         make = _MakeElement(shards, sel, config, config.max_frames, text_fn)
         ds = grain.MapDataset.source(np.arange(len(sel.indices))).shuffle(seed=config.seed)
