@@ -290,14 +290,13 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
             assert oof[r.video_id] == pytest.approx(stacking.log_odds(preds[k][i]), abs=1e-5)
     assert json.loads((out / "report" / "metrics.json").read_text())["num_videos"] == 8
 
+    def predict(splits: str, csv_path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "hemo_jax.predict", f"--workdir={out}"]
+        cmd += [f"--splits={splits}", f"--out={csv_path}"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+
     # hemo_jax.predict on the stacked workdir gives the report's test predictions.
-    done = subprocess.run(
-        [sys.executable, "-m", "hemo_jax.predict", f"--workdir={out}", "--splits=test"]
-        + [f"--out={base / 'stacked_test.csv'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = predict("test", base / "stacked_test.csv")
     assert done.returncode == 0, done.stderr[-3000:]
     with open(base / "stacked_test.csv") as f, open(out / "report" / "predictions.csv") as g:
         assert list(csv.DictReader(f)) == list(csv.DictReader(g))
@@ -310,13 +309,7 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
         stacked_runs.stack(str(base / "stacked_bad"), [full])
 
     # A misspelt split is an error, not an empty file.
-    done = subprocess.run(
-        [sys.executable, "-m", "hemo_jax.predict", f"--workdir={out}", "--splits=tset"]
-        + [f"--out={base / 'misspelt.csv'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = predict("tset", base / "misspelt.csv")
     assert done.returncode != 0
     assert "unknown splits ['tset']" in done.stderr
     assert not (base / "misspelt.csv").exists()
