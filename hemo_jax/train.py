@@ -29,6 +29,7 @@ from hemo_jax.training import (
     evaluation,
     inputs,
     metrics,
+    run_checks,
     sharding,
     trainer,
     xla_cpu,
@@ -137,6 +138,7 @@ def run_training(
         raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
     stop = _install_sigterm()
+    run_checks.check_run_config(config)
     options = trainer.StepOptions(
         compute_dtype=config.train.compute_dtype,
         grad_accum=config.optim.grad_accum,

@@ -117,10 +117,6 @@ def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
 def loaded_from_stage1(config: ml_collections.ConfigDict) -> Callable[[str], bool] | None:
     """Stage 2: whether a parameter path ("branches/text/...") is loaded from a stage-1
     checkpoint (every branch, less what ``config.init_skip`` matches); None in stage 1."""
-    if config.optim.init_lr_scale < 0.0:
-        raise ValueError(
-            f"config.optim.init_lr_scale must be >= 0, got {config.optim.init_lr_scale}"
-        )
     if config.stage != 2:
         return None
     skipped = [re.compile(p) for p in config.init_skip]

@@ -67,6 +67,10 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+# What point_metrics returns, and so what every evaluation logs.
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "recall_lose", "recall_win", "auroc")
+
+
 def point_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro-F1, per-class recall and AUROC.
 

@@ -1,0 +1,36 @@
+"""Checks of a training config's run settings, made before anything is built or written.
+
+A bad value here would otherwise surface minutes later, after compilation (an
+interval of 0 as a modulo by zero at the first step) or never (a misspelt best
+metric silently keeps the latest checkpoints only).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hemo_jax.training import metrics
+
+INTERVALS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first value of ``config.train``, ``config.pseudo`` or
+    ``config.optim.init_lr_scale`` that no run can use."""
+    t = config.train
+    for key in INTERVALS:
+        if t[key] < 1:
+            raise ValueError(f"config.train.{key} must be >= 1, got {t[key]}")
+    if t.best_metric and t.best_metric not in metrics.METRIC_NAMES:
+        raise ValueError(
+            f"config.train.best_metric {t.best_metric!r} is not one of {metrics.METRIC_NAMES} "
+            "(or empty: keep the latest checkpoints only)"
+        )
+    if config.optim.init_lr_scale < 0.0:
+        raise ValueError(
+            f"config.optim.init_lr_scale must be >= 0, got {config.optim.init_lr_scale}"
+        )
+    if not 0.0 <= config.pseudo.threshold <= 1.0:
+        raise ValueError(
+            f"config.pseudo.threshold must be in [0, 1], got {config.pseudo.threshold}"
+        )
