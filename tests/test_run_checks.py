@@ -38,6 +38,18 @@ def test_the_pseudo_threshold_is_a_confidence():
         check_run_config(c)
 
 
+def test_the_stage_is_one_or_two_and_only_stage_two_reads_init_from():
+    c = _config()
+    with c.unlocked():
+        c.stage = 3
+    with pytest.raises(ValueError, match="config.stage must be 1 .* got 3"):
+        check_run_config(c)
+    c = _config()
+    c.init_from.text = "/runs/t"
+    with pytest.raises(ValueError, match=r"init_from is read in stage 2 only.*'text': '/runs/t'"):
+        check_run_config(c)
+
+
 def test_a_negative_learning_rate_scale_is_refused():
     c = finetune.get_config()
     with c.unlocked():

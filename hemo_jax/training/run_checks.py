@@ -15,8 +15,18 @@ INTERVALS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_check
 
 
 def check_run_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first value of ``config.train``, ``config.pseudo`` or
-    ``config.optim.init_lr_scale`` that no run can use."""
+    """Raises ValueError naming the first value of the stage, ``config.init_from``,
+    ``config.train``, ``config.pseudo`` or ``config.optim.init_lr_scale`` that no run
+    can use."""
+    if config.stage not in (1, 2):
+        raise ValueError(f"config.stage must be 1 (one branch) or 2 (fused), got {config.stage}")
+    if config.stage == 1:
+        given = {name: path for name, path in config.init_from.items() if path}
+        if given:
+            raise ValueError(
+                f"config.init_from is read in stage 2 only; this stage-1 run sets {given} "
+                "(a stage-1 run starts from scratch, or continues config.resume)"
+            )
     t = config.train
     for key in INTERVALS:
         if t[key] < 1:
