@@ -140,7 +140,11 @@ def _run_manifest(args: argparse.Namespace) -> int:
     from preprocess.imigue import build_manifest, summarise
 
     layout, spec = _corpus_from_args(args)
-    rows = build_manifest(layout, spec)
+    try:
+        rows = build_manifest(layout, spec)
+    except (ValueError, FileNotFoundError) as e:  # CorpusError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(
             json.dumps(

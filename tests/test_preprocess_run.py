@@ -341,3 +341,9 @@ def test_label_command_takes_the_labeler_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--videos" in text and "--dry-run" in text
+
+
+def test_manifest_of_a_missing_corpus_is_an_error_naming_the_file(tmp_path, capsys):
+    assert main(["manifest", "--root", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nothing/Label/labels_20200831.csv" in err
