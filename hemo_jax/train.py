@@ -133,12 +133,10 @@ def run_training(
     Resume order: a checkpoint in ``workdir``, then ``config.resume``, then
     ``config.init_from`` (stage-1 branches, stage 2), then scratch.
     """
+    run_checks.check_run_config(config)
     init = config.distributed.initialize
-    if init not in ("auto", "yes", "no"):
-        raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
     stop = _install_sigterm()
-    run_checks.check_run_config(config)
     options = trainer.StepOptions(
         compute_dtype=config.train.compute_dtype,
         grad_accum=config.optim.grad_accum,

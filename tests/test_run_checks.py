@@ -50,6 +50,13 @@ def test_the_stage_is_one_or_two_and_only_stage_two_reads_init_from():
         check_run_config(c)
 
 
+def test_distributed_initialize_is_auto_yes_or_no():
+    c = _config()
+    c.distributed.initialize = "maybe"
+    with pytest.raises(ValueError, match=r"initialize must be auto\|yes\|no, got 'maybe'"):
+        check_run_config(c)
+
+
 def test_a_negative_learning_rate_scale_is_refused():
     c = finetune.get_config()
     with c.unlocked():

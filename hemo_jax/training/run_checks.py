@@ -15,9 +15,12 @@ INTERVALS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_check
 
 
 def check_run_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first value of the stage, ``config.init_from``,
-    ``config.train``, ``config.pseudo`` or ``config.optim.init_lr_scale`` that no run
-    can use."""
+    """Raises ValueError naming the first value of ``config.distributed.initialize``, the
+    stage, ``config.init_from``, ``config.train``, ``config.pseudo`` or
+    ``config.optim.init_lr_scale`` that no run can use."""
+    init = config.distributed.initialize
+    if init not in ("auto", "yes", "no"):
+        raise ValueError(f"config.distributed.initialize must be auto|yes|no, got {init!r}")
     if config.stage not in (1, 2):
         raise ValueError(f"config.stage must be 1 (one branch) or 2 (fused), got {config.stage}")
     if config.stage == 1:
