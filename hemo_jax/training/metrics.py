@@ -9,7 +9,7 @@ with a bootstrap 95% interval.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +112,16 @@ def format_intervals(intervals: Mapping[str, Interval]) -> str:
     )
 
 
+def _percentile_interval(point: float, samples: Sequence[float]) -> Interval:
+    """The 2.5-97.5 percentiles of the defined samples (AUROC of a one-class split has
+    none: NaN bounds)."""
+    values = np.asarray(samples, np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return Interval(point, float("nan"), float("nan"))
+    return Interval(point, *np.percentile(values, [2.5, 97.5]).tolist())
+
+
 def evaluate_with_intervals(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -137,8 +147,5 @@ def evaluate_with_intervals(
             continue
         for k, v in point_metrics(labels[idx], probabilities[idx]).items():
             samples[k].append(v)
-    intervals = {
-        k: Interval(point[k], *np.nanpercentile(np.asarray(v), [2.5, 97.5]).tolist())
-        for k, v in samples.items()
-    }
+    intervals = {k: _percentile_interval(point[k], v) for k, v in samples.items()}
     return intervals, confusion(labels, (probabilities >= 0.5).astype(int))

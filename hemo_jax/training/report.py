@@ -152,6 +152,13 @@ def write_report(
     }
     for name, data in pngs.items():
         atomic_write(os.path.join(out_dir, name), data)
+    present = sorted({"lose", "win"}.intersection("win" if x else "lose" for x in labels))
+    if len(present) == 1:
+        notes = [
+            *notes,
+            f"Only {present[0]} videos here: AUROC is undefined (nan), and balanced accuracy "
+            "and macro-F1 cover that one class.",
+        ]
     summary = {
         "num_videos": len(rows),
         "class_counts": {"lose": int((labels == 0).sum()), "win": int((labels == 1).sum())},

@@ -1,0 +1,47 @@
+"""The evaluation report: files, metrics and what it says of a one-class split."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hemo_jax.training import metrics, report
+
+
+def _rows(labels, probs):
+    return [
+        report.VideoPrediction(f"v{i}", int(y), -1, float(p))
+        for i, (y, p) in enumerate(zip(labels, probs, strict=True))
+    ]
+
+
+def test_report_files_and_metrics(tmp_path):
+    labels, probs = [0, 1, 1, 0, 1, 0], [0.2, 0.9, 0.4, 0.6, 0.7, 0.1]
+    intervals = report.write_report(
+        str(tmp_path), _rows(labels, probs), title="t", notes=["a note"], num_bootstrap=50
+    )
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {"predictions.csv", "confusion.png", "roc.png", "metrics.json", "report.html"}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    point = metrics.point_metrics(np.array(labels), np.array(probs))
+    for name in metrics.METRIC_NAMES:
+        assert saved["metrics"][name]["value"] == pytest.approx(point[name])
+        assert intervals[name].value == pytest.approx(point[name])
+    assert saved["notes"] == ["a note"]
+    assert saved["confusion"] == [[2, 1], [1, 2]]
+
+
+def test_a_one_class_split_says_auroc_is_undefined(tmp_path):
+    intervals = report.write_report(
+        str(tmp_path), _rows([1, 1, 1], [0.9, 0.4, 0.8]), title="t", num_bootstrap=20
+    )
+    assert math.isnan(intervals["auroc"].value)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["notes"] == [
+        "Only win videos here: AUROC is undefined (nan), and balanced accuracy and macro-F1 "
+        "cover that one class."
+    ]
+    assert "Only win videos here" in (tmp_path / "report.html").read_text()
