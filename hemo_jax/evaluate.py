@@ -19,7 +19,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: WORKDIR/report).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals.")
+_BOOTSTRAP = flags.DEFINE_integer(
+    "bootstrap", 1000, "Bootstrap resamples for the intervals.", lower_bound=1
+)
 
 
 def evaluate_workdir(

@@ -26,7 +26,11 @@ _POOL = flags.DEFINE_enum(
 _LABELER = flags.DEFINE_bool("labeler", True, "Use the labeler's verdict as a feature.")
 _L2 = flags.DEFINE_float("l2", 1.0, "L2 penalty on the coefficients (1 / C).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals.")
+_BOOTSTRAP = flags.DEFINE_integer(
+    "bootstrap", 1000, "Bootstrap resamples for the intervals.", lower_bound=1
+)
+# Checked as the flags are parsed: the fit comes after every run has predicted.
+flags.register_validator("l2", lambda v: v > 0, message="--l2 must be > 0")
 
 
 def main(argv: list[str]) -> None:

@@ -34,6 +34,11 @@ def test_report_files_and_metrics(tmp_path):
     assert saved["confusion"] == [[2, 1], [1, 2]]
 
 
+def test_intervals_need_a_resample():
+    with pytest.raises(ValueError, match="num_bootstrap must be >= 1, got 0"):
+        metrics.evaluate_with_intervals(np.array([0, 1]), np.array([0.3, 0.6]), num_bootstrap=0)
+
+
 def test_a_one_class_split_says_auroc_is_undefined(tmp_path):
     intervals = report.write_report(
         str(tmp_path), _rows([1, 1, 1], [0.9, 0.4, 0.8]), title="t", num_bootstrap=20

@@ -134,6 +134,8 @@ def evaluate_with_intervals(
     Videos are resampled with replacement; a resample that lacks a class is
     redrawn so every metric is defined.
     """
+    if num_bootstrap < 1:
+        raise ValueError(f"num_bootstrap must be >= 1, got {num_bootstrap}")
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, np.float64)
     point = point_metrics(labels, probabilities)
