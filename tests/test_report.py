@@ -39,14 +39,15 @@ def test_intervals_need_a_resample():
         metrics.evaluate_with_intervals(np.array([0, 1]), np.array([0.3, 0.6]), num_bootstrap=0)
 
 
-def test_a_one_class_split_says_auroc_is_undefined(tmp_path):
+@pytest.mark.parametrize(("label", "name"), [(1, "win"), (0, "lose")])
+def test_a_one_class_split_says_auroc_is_undefined(tmp_path, label, name):
     intervals = report.write_report(
-        str(tmp_path), _rows([1, 1, 1], [0.9, 0.4, 0.8]), title="t", num_bootstrap=20
+        str(tmp_path), _rows([label] * 3, [0.9, 0.4, 0.8]), title="t", num_bootstrap=20
     )
     assert math.isnan(intervals["auroc"].value)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["notes"] == [
-        "Only win videos here: AUROC is undefined (nan), and balanced accuracy and macro-F1 "
-        "cover that one class."
+        f"Only {name} videos here: AUROC is undefined (nan), and balanced accuracy and "
+        "macro-F1 cover that one class."
     ]
-    assert "Only win videos here" in (tmp_path / "report.html").read_text()
+    assert f"Only {name} videos here" in (tmp_path / "report.html").read_text()

@@ -152,11 +152,11 @@ def write_report(
     }
     for name, data in pngs.items():
         atomic_write(os.path.join(out_dir, name), data)
-    present = sorted({"lose", "win"}.intersection("win" if x else "lose" for x in labels))
-    if len(present) == 1:
+    if len(set(labels.tolist())) == 1:
+        only = "win" if labels[0] == 1 else "lose"
         notes = [
             *notes,
-            f"Only {present[0]} videos here: AUROC is undefined (nan), and balanced accuracy "
+            f"Only {only} videos here: AUROC is undefined (nan), and balanced accuracy "
             "and macro-F1 cover that one class.",
         ]
     summary = {
