@@ -265,9 +265,10 @@ def resume_point(
     if not resume:
         return None
     empty = FileNotFoundError(f"config.resume={resume!r} holds no checkpoint")
-    # Checked first: a store opened on a mistyped resume would create it.
-    if not os.path.isdir(os.path.join(resume, CHECKPOINT_DIR)):
-        raise empty
+    try:
+        existing_checkpoint_dir(resume)
+    except FileNotFoundError:
+        raise empty from None
     other = CheckpointStore(resume, best_metric=None)
     step = other.latest_step()
     if step is None:
@@ -295,12 +296,10 @@ def load_params(
     try:
         if step is None:
             step = store.best_step() or store.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint step in {directory}")
-        if step not in store.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint step {step} in {directory}; it holds {list(store.all_steps())}"
-            )
+            if step is None:
+                raise FileNotFoundError(f"no finished checkpoint step in {directory}")
+        elif step not in (steps := list(store.all_steps())):
+            raise FileNotFoundError(f"no checkpoint step {step} in {directory}; it holds {steps}")
         restored = store.restore_item(step, "state")
     finally:
         store.close()
