@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from preprocess.atomic import write_json_atomic
+from hemo_jax.contract import atomic
 
 RESULTS = Path(__file__).parent / "results"
 BATCH, HEADS, HEAD_DIM = 1, 8, 64
@@ -376,7 +376,7 @@ def write_results(out, command, started, load_start, rows, table, dtype, impls) 
         "rows": rows,
         "table": table,
     }
-    write_json_atomic(out, payload)
+    atomic.write_json(out, payload)
 
 
 if __name__ == "__main__":

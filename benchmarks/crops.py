@@ -36,8 +36,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach the network for weight
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hemo_jax.data.schema import NUM_KEYPOINTS  # noqa: E402
-from preprocess.atomic import write_json_atomic  # noqa: E402
+from hemo_jax.contract import atomic  # noqa: E402
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS  # noqa: E402
 from preprocess.detect import (  # noqa: E402
     CropParams,
     FullFrameDetector,
@@ -191,7 +191,7 @@ def main() -> None:
         "rows": rows,
         "skipped": skipped,
     }
-    write_json_atomic(args.out, result)
+    atomic.write_json(args.out, result)
     print(_table(rows))
     for line in skipped:
         print(f"\nskipped: {line}")

@@ -28,8 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from run_info import run_info  # noqa: E402
 
+from hemo_jax.contract import atomic  # noqa: E402
 from hemo_jax.models.dropout import Dropout  # noqa: E402
-from preprocess.atomic import write_json_atomic  # noqa: E402
 
 SHAPE = (16, 64, 70, 8)
 RATE = 0.1
@@ -97,7 +97,7 @@ def main() -> None:
         "rate": RATE,
         "rows": rows,
     }
-    write_json_atomic(out, payload)
+    atomic.write_json(out, payload)
     print(f"\nwrote {out}")
 
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from preprocess.atomic import write_json_atomic
+from hemo_jax.contract import atomic
 
 RESULTS = Path(__file__).parent / "results" / "encode.json"
 
@@ -103,7 +103,7 @@ def main() -> None:
     import transformers
 
     from hemo_jax import encode
-    from hemo_jax.data.schema import VideoRecord
+    from hemo_jax.contract.schema import VideoRecord
     from hemo_jax.models import dinov2
 
     if args.device == "cuda" and jax.default_backend() != "gpu":
@@ -242,7 +242,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    write_json_atomic(args.out, result)
+    atomic.write_json(args.out, result)
 
     print(
         f"{result['model']}; device {args.device}, {cores} cores, "

@@ -40,8 +40,8 @@ import transformers
 from flax import nnx
 from transformers.initialization import no_init_weights
 
+from hemo_jax.contract import atomic
 from hemo_jax.models import attention, bert, dinov2
-from preprocess.atomic import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -256,7 +256,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    write_json_atomic(args.out, result)
+    atomic.write_json(args.out, result)
 
     after = result["machine"]["load_average_after"][0]
     print(f"cores: {cores}, load average before / after the run: {load[0]:.1f} / {after:.1f}")

@@ -37,8 +37,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hemo_jax.contract import atomic  # noqa: E402
 from hemo_jax.models.attention import IMPLEMENTATIONS, attention  # noqa: E402
-from preprocess.atomic import write_json_atomic  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 in the ground truth
 TOL = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 2e-2)}  # (output, gradient) relative
@@ -217,7 +217,7 @@ PARTS = {"train": train_checks, "parity": parity_checks, "attention": attention_
 def _write(path: Path, payload: dict) -> None:
     passed = sum(c["ok"] for c in payload["checks"])
     payload["summary"] = {"passed": passed, "failed": len(payload["checks"]) - passed}
-    write_json_atomic(path, payload, default=float)
+    atomic.write_json(path, payload, default=float)
 
 
 def main() -> None:

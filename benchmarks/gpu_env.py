@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from preprocess.atomic import write_json_atomic
+from hemo_jax.contract import atomic
 
 # torch is asked about its device in this process too: JAX takes memory as it goes.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -111,7 +111,7 @@ def main() -> None:
             env[key] = probe()
         except Exception as err:  # the rest of the description is still worth having
             env[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    write_json_atomic(args.out, env)
+    atomic.write_json(args.out, env)
     print(json.dumps(env, indent=2))
 
 

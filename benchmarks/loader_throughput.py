@@ -27,9 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import VideoRecord  # noqa: E402
+from hemo_jax.contract.shards import ShardWriter, open_shards  # noqa: E402
 from hemo_jax.data.pipeline import PipelineConfig, make_loader  # noqa: E402
-from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord  # noqa: E402
-from hemo_jax.data.shards import ShardWriter, open_shards  # noqa: E402
 
 FRAMES, IMAGES, DIM = 5000, 1000, 768
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from preprocess.atomic import write_json_atomic  # noqa: E402
+from hemo_jax.contract import atomic  # noqa: E402
 from preprocess.openpose import SECTIONS, parse_openpose_frame, read_openpose_dir  # noqa: E402
 
 
@@ -180,7 +180,7 @@ def main() -> None:
     }
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "openpose_reader.json")
-    write_json_atomic(Path(path), result)
+    atomic.write_json(Path(path), result)
     before, after = (", ".join(f"{x:.1f}" for x in load) for load in (load_before, os.getloadavg()))
     per_file = size / args.frames
     print(f"{args.frames} frames, {per_file:.0f} B/file, best of {args.repeats}")

@@ -29,8 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from run_info import run_info  # noqa: E402
 
+from hemo_jax.contract import atomic  # noqa: E402
 from hemo_jax.models import attention  # noqa: E402
-from preprocess.atomic import write_json_atomic  # noqa: E402
 
 SHAPES = ((16, 4, 16), (16, 4, 32), (16, 8, 64))  # (batch, heads, head_dim)
 LENGTHS = (48, 96, 128, 192)
@@ -103,7 +103,7 @@ def main() -> None:
         "tiled_backward_max_dim": attention._DENSE_TILED_BACKWARD_MAX_DIM,
         "rows": rows,
     }
-    write_json_atomic(out, payload)
+    atomic.write_json(out, payload)
     print(f"\nwrote {out}")
 
 

@@ -69,9 +69,9 @@ from flax import nnx  # noqa: E402
 from run_info import interpreter  # noqa: E402
 
 from configs import demo  # noqa: E402
+from hemo_jax.contract import atomic  # noqa: E402
 from hemo_jax.models import factory  # noqa: E402
 from hemo_jax.training import sharding, trainer, xla_cpu  # noqa: E402
-from preprocess.atomic import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 NUM_KEYPOINTS = 137
@@ -585,7 +585,7 @@ def main() -> None:
             glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
             xla_flags=os.environ.get("XLA_FLAGS"),
         )
-        write_json_atomic(out, payload)
+        atomic.write_json(out, payload)
 
     if args.gpu:
         out = args.out or RESULTS / "train_step_gpu.json"

@@ -43,8 +43,8 @@ from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 from tqdm import tqdm
 
-from hemo_jax.data.schema import VideoRecord
-from hemo_jax.data.shards import MANIFEST, ShardError, ShardSet, ShardWriter, open_shards
+from hemo_jax.contract.schema import VideoRecord
+from hemo_jax.contract.shards import MANIFEST, ShardError, ShardSet, ShardWriter, open_shards
 from hemo_jax.models import convert, dinov2
 
 FEATURES = ("cls", "cls+patch_mean")

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from hemo_jax.data.shards import open_shards
+from hemo_jax.contract.shards import open_shards
 from hemo_jax.models import factory
 from hemo_jax.training import evaluation, metrics, report
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from hemo_jax.data.schema import SPLITS
-from hemo_jax.data.shards import open_shards
+from hemo_jax.contract.schema import SPLITS
+from hemo_jax.contract.shards import open_shards
 from hemo_jax.models import factory
 from hemo_jax.training import evaluation, report, stacked_runs
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from preprocess.atomic import write_json_atomic
+from hemo_jax.contract import atomic
 from preprocess.label_config import MEDIA_RESOLUTIONS, LabelerConfig
 from preprocess.label_cost import format_plan, plan_videos
 from preprocess.label_results import (
@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     results = label_videos(videos, config)
     out = args.out or config.cache_dir / "labels.json"
-    write_json_atomic(
+    atomic.write_json(
         out,
         {
             vid: {"status": "labelled", **r.to_json()}

@@ -58,7 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import VideoRecord
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from preprocess.atomic import write_json_atomic
+from hemo_jax.contract import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LabelCache:
             return None
 
     def store(self, key: str, payload: Mapping[str, Any], part: str = "") -> None:
-        write_json_atomic(self._path(key, part), dict(payload))
+        atomic.write_json(self._path(key, part), dict(payload))
 
     def discard(self, key: str, part: str) -> None:
         self._path(key, part).unlink(missing_ok=True)

@@ -33,8 +33,8 @@ from typing import Any
 from google import genai
 from google.genai import types
 
+from hemo_jax.contract import atomic
 from preprocess import prompts
-from preprocess.atomic import write_json_atomic
 from preprocess.label_cache import LabelCache, cache_key, file_sha256
 from preprocess.label_config import LabelerConfig, MissingAPIKeyError, resolve_api_key
 from preprocess.label_reply import BadReply, parse_reply
@@ -149,7 +149,7 @@ class Labeler:
     def _write_failures(self) -> None:
         with self._lock:
             payload = {vid: f.to_json() for vid, f in sorted(self._failures.items())}
-            write_json_atomic(self.config.failures_file, payload)
+            atomic.write_json(self.config.failures_file, payload)
 
     # -- one video -----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import simdjson
 
-from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
+from hemo_jax.contract.keypoint_layout import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 
 SECTIONS = (
     ("pose_keypoints_2d", BODY),

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from hemo_jax.contract import atomic
 
 # Linux build (build/examples/openpose/openpose.bin) and the Windows portable demo.
 OPENPOSE_EXECUTABLES = ("openpose.bin", "OpenPoseDemo.exe", "OpenPoseDemo")
@@ -103,12 +104,10 @@ def run_openpose(
     if not video.is_file():
         raise FileNotFoundError(f"video {str(video)!r}: no such file")
     executable = find_openpose(binary)
-    json_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{json_dir.name}.", dir=json_dir.parent))
-    command = openpose_command(
-        executable, video.resolve(), tmp, model_folder=model_folder, extra_args=extra_args
-    )
-    try:
+    with atomic.replacing_dir(json_dir) as tmp:
+        command = openpose_command(
+            executable, video.resolve(), tmp, model_folder=model_folder, extra_args=extra_args
+        )
         try:
             proc = subprocess.run(
                 command, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -126,10 +125,6 @@ def run_openpose(
             raise OpenPoseRunError(
                 f"OpenPose on {str(video)!r} exited with 0 but wrote no {JSON_PATTERN} file"
             )
-        os.replace(tmp, json_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return json_dir
 
 

@@ -11,14 +11,13 @@ the JSON files say. Everything random about the scene comes from the video's
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from hemo_jax.contract import atomic
 from preprocess.synth import TABLE_BELOW_NECK, Subject, SyntheticVideo
 
 _SHIFT = 4  # sub-pixel precision for OpenCV drawing: coordinates × 16
@@ -175,20 +174,16 @@ def _moderator_look(video: SyntheticVideo) -> Subject:
 
 def write_video(video: SyntheticVideo, path: Path) -> None:
     """Encodes the frames as mp4 (mp4v) atomically: a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
     height, width = video.frame_size
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), video.fps, (width, height))
-    try:
-        if not writer.isOpened():
-            raise RuntimeError(f"{path}: OpenCV cannot write mp4v video (FFmpeg backend missing?)")
-        for img in frames(video):
-            writer.write(img)
-        writer.release()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.release()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+    with atomic.replacing(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), fourcc, video.fps, (width, height))
+        try:
+            if not writer.isOpened():
+                raise RuntimeError(
+                    f"{path}: OpenCV cannot write mp4v video (FFmpeg backend missing?)"
+                )
+            for img in frames(video):
+                writer.write(img)
+        finally:
+            writer.release()

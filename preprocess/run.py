@@ -62,10 +62,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hemo_jax.data.schema import VideoRecord, validate
-from hemo_jax.data.shards import MANIFEST, open_shards
+from hemo_jax.contract import atomic
+from hemo_jax.contract.schema import VideoRecord, validate
+from hemo_jax.contract.shards import MANIFEST, open_shards
 from preprocess import prompts
-from preprocess.atomic import write_json_atomic
 from preprocess.detect import (
     DEFAULT_YOLO_WEIGHTS,
     DETECTORS,
@@ -279,7 +279,7 @@ class _Status:
             raise RunError(f"{self.path}: not JSON ({e}); move it away to start afresh") from e
 
     def write(self) -> None:
-        write_json_atomic(
+        atomic.write_json(
             self.path,
             {
                 "settings": self.settings,

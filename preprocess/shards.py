@@ -1,4 +1,4 @@
-"""Writes corpus records to a shard set (the storage itself is hemo_jax.data.shards).
+"""Writes corpus records to a shard set (the storage itself is hemo_jax.contract.shards).
 
 Two entry points: ``write_records`` for records already built, and
 ``write_videos`` for the per-video, resumable preprocessing run, which builds a
@@ -11,8 +11,8 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
-from hemo_jax.data.schema import VideoRecord
-from hemo_jax.data.shards import ShardSet, ShardWriter, open_shards
+from hemo_jax.contract.schema import VideoRecord
+from hemo_jax.contract.shards import ShardSet, ShardWriter, open_shards
 
 log = logging.getLogger(__name__)
 

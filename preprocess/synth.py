@@ -72,15 +72,13 @@ import functools
 import json
 import math
 import multiprocessing
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from hemo_jax.data.schema import NUM_KEYPOINTS
+from hemo_jax.contract import atomic
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from preprocess.transcripts import TranscriptStyle, make_transcript
 
 CSV_COLUMNS = (
@@ -810,30 +808,12 @@ def frame_json(video: SyntheticVideo, frame: int) -> str:
     return json.dumps({"version": 1.3, "people": people}, separators=(",", ":"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_skeletons(video: SyntheticVideo, folder: Path) -> None:
     """All frame files of one video, made in a temporary folder and renamed into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic.replacing_dir(folder) as tmp:
         for frame in video.keypoint_frames:
             name = f"{video.video_id}_{int(frame):012d}_keypoints.json"
             (tmp / name).write_text(frame_json(video, int(frame)), encoding="utf-8")
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def clip_rows(video: SyntheticVideo) -> list[dict[str, str]]:
@@ -879,7 +859,7 @@ def _write_video_files(
         write_skeletons(video, skeleton)
     transcript = out / TRANSCRIPT_DIR / f"{video.video_id}.txt"
     if not transcript.is_file():
-        _atomic_write(transcript, video.transcript)
+        atomic.write_text(transcript, video.transcript)
     mp4 = out / VIDEO_DIR / f"{video.video_id}.mp4"
     if render and not mp4.is_file():
         from preprocess.render import write_video
@@ -919,7 +899,7 @@ def write_corpus(
         raise FileExistsError(
             f"{out} is not empty and holds no {CONFIG_JSON}; choose another --out"
         )
-    _atomic_write(config_path, settings)
+    atomic.write_text(config_path, settings)
 
     plan = plan_corpus(config)
     write_one = functools.partial(_write_video_files, plan, out, render)
@@ -942,6 +922,6 @@ def write_corpus(
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
             collect(pool.map(write_one, range(config.videos)))
     counts["clips"] = len(rows)
-    _atomic_write(out / PROTOCOL_JSON, json.dumps(make_protocol(plan), indent=1) + "\n")
-    _atomic_write(out / LABELS_CSV, _csv_text(rows))
+    atomic.write_text(out / PROTOCOL_JSON, json.dumps(make_protocol(plan), indent=1) + "\n")
+    atomic.write_text(out / LABELS_CSV, _csv_text(rows))
     return counts

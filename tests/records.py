@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import VideoRecord
 from preprocess.shards import write_records
 
 WORDS = {1: "great happy win confident", 0: "tough sad lose tired"}

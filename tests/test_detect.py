@@ -15,7 +15,8 @@ import pytest
 import torch
 import ultralytics
 
-from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord, decode_record, encode_record
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import VideoRecord, decode_record, encode_record
 from preprocess.detect import (
     CropParams,
     FullFrameDetector,

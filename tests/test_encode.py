@@ -22,8 +22,8 @@ from PIL import Image
 from configs import demo as demo_config
 from configs import encode as encode_config
 from hemo_jax import encode
-from hemo_jax.data.schema import VideoRecord
-from hemo_jax.data.shards import ShardError, open_shards
+from hemo_jax.contract.schema import VideoRecord
+from hemo_jax.contract.shards import ShardError, open_shards
 from hemo_jax.models import dinov2
 from preprocess.shards import write_records
 
@@ -225,7 +225,7 @@ def test_killed_run_then_rerun_equals_an_uninterrupted_run(raw, encoded, tmp_pat
         f"""
         import os, signal, sys
         from absl import app
-        from hemo_jax.data.shards import ShardWriter
+        from hemo_jax.contract.shards import ShardWriter
         from hemo_jax import encode
 
         add, added = ShardWriter.add, []

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hemo_jax.data.schema import decode_record, encode_record
+from hemo_jax.contract.schema import decode_record, encode_record
 from preprocess.imigue import (
     CorpusError,
     CorpusLayout,

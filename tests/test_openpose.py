@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from hemo_jax.data.schema import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
+from hemo_jax.contract.keypoint_layout import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from preprocess.openpose import (
     _BATCH,
     SECTIONS,

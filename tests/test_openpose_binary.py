@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hemo_jax.data.schema import NUM_KEYPOINTS
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from preprocess.openpose import read_openpose_dir
 from preprocess.openpose_binary import (
     OpenPoseNotFoundError,

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import VideoRecord
 from hemo_jax.data.pipeline import (
     PipelineConfig,
     frame_offsets,
@@ -16,7 +18,6 @@ from hemo_jax.data.pipeline import (
     normalize_keypoints,
     window_starts,
 )
-from hemo_jax.data.schema import NUM_KEYPOINTS, VideoRecord
 from hemo_jax.data.splits import select
 from preprocess.shards import write_records
 
@@ -287,7 +288,7 @@ def test_a_record_without_image_features_gets_no_image_rows(tmp_path):
 
 
 def test_selection_pseudo_pool_weights_and_balance(shard_dir):
-    from hemo_jax.data.shards import open_shards
+    from hemo_jax.contract.shards import open_shards
 
     infos = open_shards(shard_dir).infos
     sel = select(infos, splits=("train",), pseudo_pool="unlabeled", min_pseudo_confidence=0.4)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hemo_jax.data.shards import open_shards
+from hemo_jax.contract.shards import open_shards
 from preprocess import vlm_oracle, vlm_sim
 from preprocess.__main__ import main
 from preprocess.imigue import CorpusLayout, build_manifest

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from hemo_jax.data.schema import (
+from hemo_jax.contract.schema import (
     NUM_KEYPOINTS,
     SCHEMA_VERSION,
     SchemaError,

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+from hemo_jax.contract.schema import SchemaError, VideoRecord, decode_record
+from hemo_jax.contract.shards import MANIFEST, ShardError, ShardWriter, open_shards
 from hemo_jax.data import inspect as inspect_cli
-from hemo_jax.data.schema import NUM_KEYPOINTS, SchemaError, VideoRecord, decode_record
-from hemo_jax.data.shards import MANIFEST, ShardError, ShardWriter, open_shards
 from preprocess.shards import write_records, write_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,8 +116,8 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from hemo_jax.data.schema import VideoRecord
-    from hemo_jax.data.shards import ShardWriter
+    from hemo_jax.contract.schema import VideoRecord
+    from hemo_jax.contract.shards import ShardWriter
 
     out = sys.argv[1]
     with ShardWriter(out, records_per_shard=3) as w:

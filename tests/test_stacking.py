@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from hemo_jax.contract.shards import RecordInfo
 from hemo_jax.data import splits
-from hemo_jax.data.shards import RecordInfo
 from hemo_jax.training import stacking
 
 

@@ -20,8 +20,8 @@ import pytest
 from records import FEATURE_DIM, launch_train, run_env, train_rows, write_learnable_shards
 
 from configs import finetune, pretrain
+from hemo_jax.contract.shards import open_shards
 from hemo_jax.data import splits
-from hemo_jax.data.shards import open_shards
 from hemo_jax.training import checkpoint, stacked_runs, stacking
 
 SMOKE_STEPS = 6

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hemo_jax.data.schema import SPLITS
-from hemo_jax.data.shards import RecordInfo, ShardError, ShardSet, open_shards
+from hemo_jax.contract.schema import SPLITS
+from hemo_jax.contract.shards import RecordInfo, ShardError, ShardSet, open_shards
 
 LABEL_NAMES = {1: "win", 0: "lose", -1: "unknown"}
 

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hemo_jax.data.schema import VideoRecord
-from hemo_jax.data.shards import ShardSet, open_shards
+from hemo_jax.contract.schema import VideoRecord
+from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data.splits import Selection, select
 
 NECK, R_SHOULDER, L_SHOULDER = 1, 2, 5  # OpenPose BODY_25

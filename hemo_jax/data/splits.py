@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hemo_jax.data.schema import SPLITS
-from hemo_jax.data.shards import RecordInfo
+from hemo_jax.contract.schema import SPLITS
+from hemo_jax.contract.shards import RecordInfo
 
 
 @dataclasses.dataclass(frozen=True)

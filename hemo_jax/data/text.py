@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from hemo_jax.data.schema import VideoRecord
+from hemo_jax.contract.schema import VideoRecord
 
 TEXT_SOURCES = ("transcript", "reasoning", "both")
 _WORD = re.compile(r"[a-z0-9']+")

@@ -7,7 +7,7 @@ Input (what the data pipeline produces), under the keys named in the config:
 Each joint gets 5 channels (x, y, confidence, dx, dy); joints with zero
 confidence are zeroed, so a missing joint carries no stale coordinates.
 
-Streams follow the OpenPose layout of ``hemo_jax.data.schema``: body (BODY_25,
+Streams follow the OpenPose layout of ``hemo_jax.contract.keypoint_layout``: body (BODY_25,
 25 joints), face (68 landmarks + 2 pupils), hands (left 21 then right 21, one
 stream of 42 joints with two disconnected hand graphs). Each stream has its own
 backbone; every backbone is a stack of pre-norm residual blocks over joints,
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hemo_jax.data import schema
+from hemo_jax.contract import keypoint_layout
 from hemo_jax.models.dropout import Dropout
 from hemo_jax.models.fusion import ClassifierHead
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
@@ -297,8 +297,8 @@ class KeypointBranch(nnx.Module):
                 raise KeyError(f"keypoint branch needs batch[{key!r}]; got keys {sorted(batch)}")
         kp, off, mask = batch[cfg.keypoints_key], batch[cfg.offsets_key], batch[cfg.mask_key]
         expected = {
-            cfg.keypoints_key: (*kp.shape[:2], schema.NUM_KEYPOINTS, 3),
-            cfg.offsets_key: (*kp.shape[:2], schema.NUM_KEYPOINTS, 2),
+            cfg.keypoints_key: (*kp.shape[:2], keypoint_layout.NUM_KEYPOINTS, 3),
+            cfg.offsets_key: (*kp.shape[:2], keypoint_layout.NUM_KEYPOINTS, 2),
             cfg.mask_key: kp.shape[:2],
         }
         for key, value in ((cfg.keypoints_key, kp), (cfg.offsets_key, off), (cfg.mask_key, mask)):
@@ -318,10 +318,11 @@ class KeypointBranch(nnx.Module):
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         feats, mask = self.frame_features(batch)
         parts = {
-            "body": feats[:, :, schema.BODY],
-            "face": feats[:, :, schema.FACE],
+            "body": feats[:, :, keypoint_layout.BODY],
+            "face": feats[:, :, keypoint_layout.FACE],
             "hands": jnp.concatenate(
-                [feats[:, :, schema.LEFT_HAND], feats[:, :, schema.RIGHT_HAND]], axis=2
+                [feats[:, :, keypoint_layout.LEFT_HAND], feats[:, :, keypoint_layout.RIGHT_HAND]],
+                axis=2,
             ),
         }
 

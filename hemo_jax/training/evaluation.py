@@ -10,8 +10,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from hemo_jax.contract.shards import ShardSet
 from hemo_jax.data import pipeline
-from hemo_jax.data.shards import ShardSet
 from hemo_jax.models import factory
 from hemo_jax.training import checkpoint, inputs, metrics, sharding, trainer
 

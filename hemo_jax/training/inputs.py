@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data import pipeline, splits
-from hemo_jax.data.shards import ShardSet, open_shards
 
 
 def shard_set(config: ml_collections.ConfigDict) -> ShardSet:

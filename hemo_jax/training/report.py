@@ -17,7 +17,8 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hemo_jax.data.shards import ShardSet  # noqa: E402
+from hemo_jax.contract import atomic
+from hemo_jax.contract.shards import ShardSet  # noqa: E402
 from hemo_jax.training import metrics  # noqa: E402
 
 
@@ -47,13 +48,6 @@ def video_predictions(
     return rows
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_predictions_csv(path: str, rows: Sequence[VideoPrediction]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -62,7 +56,7 @@ def write_predictions_csv(path: str, rows: Sequence[VideoPrediction]) -> None:
         w.writerow(
             [r.video_id, r.label, r.pseudo_label, r.prediction, f"{r.probability:.6f}", r.reasoning]
         )
-    atomic_write(path, buf.getvalue().encode())
+    atomic.write_bytes(path, buf.getvalue().encode())
 
 
 def read_metrics_log(path: str) -> list[dict]:
@@ -151,7 +145,7 @@ def write_report(
         "roc.png": plot_roc(labels, probs),
     }
     for name, data in pngs.items():
-        atomic_write(os.path.join(out_dir, name), data)
+        atomic.write_bytes(os.path.join(out_dir, name), data)
     if len(set(labels.tolist())) == 1:
         only = "win" if labels[0] == 1 else "lose"
         notes = [
@@ -166,7 +160,9 @@ def write_report(
         "confusion": cm.tolist(),
         "notes": list(notes),
     }
-    atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2).encode())
+    atomic.write_bytes(
+        os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2).encode()
+    )
 
     table = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v.value:.3f}</td>"
@@ -201,5 +197,5 @@ def write_report(
         "max-width:1100px;margin:2em auto}td,th{padding:2px 12px;text-align:left}"
         "img{margin:8px;vertical-align:top}</style></head><body>" + body + "</body></html>"
     )
-    atomic_write(os.path.join(out_dir, "report.html"), page.encode())
+    atomic.write_bytes(os.path.join(out_dir, "report.html"), page.encode())
     return intervals

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hemo_jax.contract import atomic
+from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data import splits as splits_lib
-from hemo_jax.data.shards import ShardSet, open_shards
 from hemo_jax.models import factory
 from hemo_jax.training import evaluation, metrics, report, stacking
 
@@ -296,4 +297,4 @@ def _write_fit_rows(path: str, shards: ShardSet, rows: FitRows, names: Sequence[
     for n, (i, src) in enumerate(zip(rows.index, rows.source, strict=True)):
         feats = [f"{v:.6f}" for v in rows.x[n]]
         out.writerow([shards.infos[i].video_id, src, int(rows.y[n]), f"{rows.w[n]:.6f}", *feats])
-    report.atomic_write(path, buf.getvalue().encode())
+    atomic.write_bytes(path, buf.getvalue().encode())

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hemo_jax.training.report import atomic_write
+from hemo_jax.contract import atomic
 
 LABELER = "labeler"
 _EPS = 1e-6
@@ -128,4 +128,4 @@ def fit(
 
 
 def save(path: str, fusion: StackedFusion, extra: Mapping) -> None:
-    atomic_write(path, json.dumps({**fusion.to_json(), **extra}, indent=1).encode())
+    atomic.write_bytes(path, json.dumps({**fusion.to_json(), **extra}, indent=1).encode())

@@ -16,12 +16,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
+
 SCHEMA_VERSION = 1
-NUM_KEYPOINTS = 137  # BODY_25 + 70 face + 21 left hand + 21 right hand
-BODY = slice(0, 25)
-FACE = slice(25, 95)
-LEFT_HAND = slice(95, 116)
-RIGHT_HAND = slice(116, 137)
 
 SPLITS = ("train", "val", "test", "unlabeled")
 LABELS = (-1, 0, 1)  # unknown, lose/negative, win/positive

@@ -35,7 +35,8 @@ from typing import Any
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from hemo_jax.data.schema import (
+from hemo_jax.contract import atomic
+from hemo_jax.contract.schema import (
     SCHEMA_VERSION,
     SchemaError,
     VideoRecord,
@@ -109,22 +110,6 @@ class ShardInfo:
     num_bytes: int
     sha256: str
     records: tuple[RecordInfo, ...]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Makes a fully written temp file durable, then gives it its final name."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
 
 
 def _sha256(path: Path) -> str:
@@ -210,7 +195,7 @@ class ShardWriter:
         }
         if manifest_path.exists() and overwrite:
             manifest_path.unlink()  # first, so no reader sees a manifest over new files
-            _fsync_dir(self.out_dir)
+            atomic.fsync_dir(self.out_dir)
             for f in self.out_dir.glob("shard-*" + SUFFIX):
                 f.unlink()
         elif manifest_path.exists() and resume:
@@ -250,7 +235,7 @@ class ShardWriter:
         writer, self._writer = self._writer, None
         writer.close()
         final = self.out_dir / f"shard-{len(self._shards):05d}{SUFFIX}"
-        _publish(self._tmp, final)
+        atomic.publish(self._tmp, final)
         self._shards.append(
             ShardInfo(
                 file=final.name,
@@ -276,7 +261,7 @@ class ShardWriter:
         }
         tmp = self.out_dir / f"{_TMP_PREFIX}{os.getpid()}-{MANIFEST}"
         tmp.write_text(json.dumps(manifest, indent=1))
-        _publish(tmp, self.out_dir / MANIFEST)
+        atomic.publish(tmp, self.out_dir / MANIFEST)
 
     def close(self) -> None:
         """Finishes the last shard and marks the set complete."""
