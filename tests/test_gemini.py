@@ -1,4 +1,4 @@
-"""The labeler's command line (`python -m preprocess.gemini`) against the simulated VLM
+"""The labeler's command line (`python -m preprocess.labeling.cli`) against the simulated VLM
 server: the key stays secret, the dry run sends nothing, a killed run resumes."""
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 from labeling import KEY, make_videos, sha, truth_of, turn_counts_in, write_real_video
 
-from preprocess import gemini, prompts, vlm_oracle, vlm_sim
-from preprocess.label_config import API_KEY_ENV_VARS
+from preprocess.labeling import cli, prompts
+from preprocess.labeling.config import API_KEY_ENV_VARS
+from preprocess.synthetic import vlm_oracle, vlm_sim
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_args(tmp_path: Path, videos: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    gemini.add_arguments(parser)
+    cli.add_arguments(parser)
     return parser.parse_args(
         ["--videos", str(videos), "--cache-dir", str(tmp_path / "cache")]
         + ["--backoff-initial", "0.001", "--backoff-max", "0.01", "--file-poll-interval", "0.01"]
@@ -45,7 +46,7 @@ def test_key_never_reaches_logs_cache_or_errors(tmp_path, monkeypatch, caplog, c
             tmp_path, tmp_path / "v", "--base-url", sim.base_url, "--timeout", "0.5",
             "--inline-limit-mb", str(3000 / 2**20),
         )  # fmt: skip
-        assert gemini.main(args) == 1  # the echoed-key video failed
+        assert cli.main(args) == 1  # the echoed-key video failed
         assert any(r.kind == "upload_start" and r.outcome == "answered" for r in sim.log)
     failure = json.loads((tmp_path / "cache" / "failures.json").read_text())[items[0].video_id]
     assert "[redacted]" in failure["detail"]  # the server did echo it; it was scrubbed
@@ -67,7 +68,7 @@ def test_dry_run_sends_nothing_and_estimates_cost(tmp_path, monkeypatch, capsys)
     (videos / "noise.mp4").write_bytes(os.urandom(5000))
     with vlm_sim.SimulatedVLM() as sim:
         args = cli_args(tmp_path, videos, "--dry-run", "--base-url", sim.base_url)
-        assert gemini.main(args) == 0
+        assert cli.main(args) == 0
         assert sim.log == []
     out = capsys.readouterr().out
     for expected in ("DRY RUN", "gemini-2.5-pro", prompts.PROMPT_VERSION, "| real |", "inline",

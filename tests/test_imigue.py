@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.schema import decode_record, encode_record
-from preprocess.imigue import (
+from preprocess.corpora.imigue import (
     CorpusError,
     CorpusLayout,
     CorpusWarning,

@@ -1,10 +1,10 @@
-"""preprocess.label_cache: keys that separate what must not be mixed, files that survive."""
+"""preprocess.labeling.cache: keys that separate what must not be mixed, files that survive."""
 
 from __future__ import annotations
 
 import hashlib
 
-from preprocess.label_cache import LabelCache, cache_key, file_sha256
+from preprocess.labeling.cache import LabelCache, cache_key, file_sha256
 
 
 def test_every_key_field_makes_another_key():

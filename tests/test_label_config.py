@@ -1,16 +1,16 @@
-"""preprocess.label_config: the settings' checks, the cache's endpoint name, the API key."""
+"""preprocess.labeling.config: the settings' checks, the cache's endpoint name, the API key."""
 
 from __future__ import annotations
 
 import pytest
 
-from preprocess.label_config import (
+from preprocess.labeling.config import (
     API_KEY_ENV_VARS,
     LabelerConfig,
     MissingAPIKeyError,
     resolve_api_key,
 )
-from preprocess.labeler import label_videos
+from preprocess.labeling.labeler import label_videos
 
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""preprocess.label_cost: the dry run's plan and cost estimate, from local files only."""
+"""preprocess.labeling.cost: the dry run's plan and cost estimate, from local files only."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import pytest
 from labeling import write_real_video
 
-from preprocess.label_config import MEDIA_RESOLUTIONS, LabelerConfig
-from preprocess.label_cost import PRICES, VIDEO_TOKENS_PER_SECOND, plan_videos, probe_duration
-from preprocess.label_results import VideoItem
+from preprocess.labeling.config import MEDIA_RESOLUTIONS, LabelerConfig
+from preprocess.labeling.cost import PRICES, VIDEO_TOKENS_PER_SECOND, plan_videos, probe_duration
+from preprocess.labeling.results import VideoItem
 
 
 def test_plan_estimates_tokens_from_the_duration(tmp_path):

@@ -1,4 +1,4 @@
-"""preprocess.label_reply: a reply is an answer only when it is complete, allowed and valid."""
+"""preprocess.labeling.reply: a reply is an answer only when it is complete, allowed and valid."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from google.genai import types
 
-from preprocess.label_reply import BadReply, parse_reply
+from preprocess.labeling.reply import BadReply, parse_reply
 
 ANSWER = {
     "observations": ["00:12 smiles broadly"],

@@ -1,4 +1,4 @@
-"""preprocess.label_results: video items, token sums, the cache round trip, the summary."""
+"""preprocess.labeling.results: video items, token sums, the cache round trip, the summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.label_results import (
+from preprocess.labeling.results import (
     Failure,
     LabelResult,
     TokenUsage,

@@ -1,4 +1,4 @@
-"""preprocess.label_retry: which errors are retried, how long it waits, when it gives up."""
+"""preprocess.labeling.retry: which errors are retried, how long it waits, when it gives up."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import httpx
 import pytest
 from google.genai import errors
 
-from preprocess.label_retry import RequestFailed, RetryingSender, classify
+from preprocess.labeling.retry import RequestFailed, RetryingSender, classify
 
 
 def api_error(code: int) -> errors.APIError:

@@ -1,4 +1,4 @@
-"""preprocess.labeler: the two-turn conversation, through the real google-genai client,
+"""preprocess.labeling.labeler: the two-turn conversation, through the real google-genai client,
 against the simulated VLM server (retries, bad replies, uploads, cache, concurrency)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import time
 import pytest
 from labeling import KEY, config, make_videos, run, sha, truth_of, turn_counts
 
-from preprocess import labeler, prompts, vlm_oracle, vlm_sim
-from preprocess.label_results import Failure, LabelResult, VideoItem, summarize
+from preprocess.labeling import labeler, prompts
+from preprocess.labeling.results import Failure, LabelResult, VideoItem, summarize
+from preprocess.synthetic import vlm_oracle, vlm_sim
 
 
 def test_labels_every_video_with_two_turns(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.keypoint_layout import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
-from preprocess.openpose import (
+from preprocess.keypoints.openpose import (
     _BATCH,
     SECTIONS,
     OpenPoseError,

@@ -1,4 +1,4 @@
-"""preprocess.openpose_binary: command, discovery and the run plumbing.
+"""preprocess.keypoints.openpose_binary: command, discovery and the run plumbing.
 
 The real OpenPose binary is not available here. Its place is taken by a TEST DOUBLE: a small
 executable script named ``openpose.bin`` that parses the same flags, records its arguments
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
-from preprocess.openpose import read_openpose_dir
-from preprocess.openpose_binary import (
+from preprocess.keypoints.openpose import read_openpose_dir
+from preprocess.keypoints.openpose_binary import (
     OpenPoseNotFoundError,
     OpenPoseRunError,
     find_openpose,

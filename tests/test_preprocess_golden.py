@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from hemo_jax.contract.shards import open_shards
-from preprocess import vlm_oracle, vlm_sim
 from preprocess.__main__ import main
-from preprocess.imigue import CorpusLayout, build_manifest
-from preprocess.synth import SynthConfig, write_corpus
+from preprocess.corpora.imigue import CorpusLayout, build_manifest
+from preprocess.synthetic import vlm_oracle, vlm_sim
+from preprocess.synthetic.corpus import write_corpus
+from preprocess.synthetic.plan import SynthConfig
 
 KEY = "AIzaSy-TEST-golden-secret-key-0123456789"
 CORPUS = SynthConfig(

@@ -1,8 +1,8 @@
 """`python -m preprocess run` on a small synthetic corpus: shards, failures, reruns, labels.
 
 The labeler is the real one (google-genai client) talking to the SIMULATED VLM server
-(`preprocess.vlm_sim`) with the corpus's ground truth and accuracy 1.0, so every pseudo label
-must equal the true label of its own video.
+(`preprocess.synthetic.vlm_sim`) with the corpus's ground truth and accuracy 1.0, so every pseudo
+label must equal the true label of its own video.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.shards import open_shards
-from preprocess import vlm_oracle, vlm_sim
 from preprocess.__main__ import main
-from preprocess.imigue import CorpusLayout, build_manifest
-from preprocess.label_cache import file_sha256
+from preprocess.corpora.imigue import CorpusLayout, build_manifest
+from preprocess.labeling.cache import file_sha256
 from preprocess.run import STATUS_FILE
-from preprocess.synth import SynthConfig, write_corpus
+from preprocess.synthetic import vlm_oracle, vlm_sim
+from preprocess.synthetic.corpus import write_corpus
+from preprocess.synthetic.plan import SynthConfig
 
 KEY = "AIzaSy-TEST-run-secret-key-0123456789"
 # 8 short, small videos: 2-3 s at 10 fps, 160x120.
@@ -217,9 +218,9 @@ def test_keep_unlabelled_writes_the_video_without_a_pseudo_label(corpus, tmp_pat
 
 
 def test_interrupted_run_keeps_finished_shards_and_resumes(corpus, tmp_path, monkeypatch):
-    import preprocess.run
+    import preprocess.steps
 
-    real_crop_video = preprocess.run.crop_video
+    real_crop_video = preprocess.steps.crop_video
     calls = []
 
     def crop_then_interrupt(path, *args, **kwargs):
@@ -228,7 +229,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(corpus, tmp_path, mon
             raise KeyboardInterrupt
         return real_crop_video(path, *args, **kwargs)
 
-    monkeypatch.setattr(preprocess.run, "crop_video", crop_then_interrupt)
+    monkeypatch.setattr(preprocess.steps, "crop_video", crop_then_interrupt)
     out = tmp_path / "shards"
     args = ["--labeler", "none", "--records-per-shard", "2"]
     assert run(corpus, out, *args) == 130
@@ -239,7 +240,7 @@ def test_interrupted_run_keeps_finished_shards_and_resumes(corpus, tmp_path, mon
     assert partial.video_ids == ["1", "2"]
     partial.close()
 
-    monkeypatch.setattr(preprocess.run, "crop_video", real_crop_video)
+    monkeypatch.setattr(preprocess.steps, "crop_video", real_crop_video)
     assert run(corpus, out, *args) == 0
     summary = status(out)["summary"]
     assert summary["finished"] and summary["skipped_ids"] == ["1", "2"] and summary["done"] == 6
@@ -313,7 +314,7 @@ def test_openpose_binary_fills_in_a_missing_skeleton_folder(corpus, tmp_path, mo
     out = tmp_path / "shards"
     assert run(corpus, out, "--labeler", "none", "--openpose-bin", str(binary)) == 0
     assert (out / "openpose" / "6").is_dir()
-    from preprocess.openpose import read_openpose_dir
+    from preprocess.keypoints.openpose import read_openpose_dir
 
     expected = read_openpose_dir(reference)
     shards = open_shards(out)

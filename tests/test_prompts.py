@@ -7,7 +7,7 @@ from google import genai
 from google.genai import _transformers
 from pydantic import ValidationError
 
-from preprocess import prompts
+from preprocess.labeling import prompts
 
 
 def test_prompt_text_changes_require_a_new_version():

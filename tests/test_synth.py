@@ -20,18 +20,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from preprocess.__main__ import main
-from preprocess.imigue import CorpusLayout, CorpusWarning, SplitSpec, build_manifest, build_records
-from preprocess.openpose import read_openpose_dir
-from preprocess.synth import (
-    CSV_COLUMNS,
-    GESTURES,
-    SynthConfig,
-    generate_corpus,
-    generate_video,
-    make_protocol,
-    plan_corpus,
-    write_corpus,
+from preprocess.corpora.imigue import (
+    CorpusLayout,
+    CorpusWarning,
+    SplitSpec,
+    build_manifest,
+    build_records,
 )
+from preprocess.keypoints.openpose import read_openpose_dir
+from preprocess.synthetic.corpus import CSV_COLUMNS, make_protocol, write_corpus
+from preprocess.synthetic.motion import generate_corpus, generate_video
+from preprocess.synthetic.plan import GESTURES, SynthConfig, plan_corpus
 
 # Body joints above the table: nose, neck, shoulders, elbows, wrists, eyes, ears.
 UPPER_BODY = [0, 1, 2, 3, 4, 5, 6, 7, 15, 16, 17, 18]

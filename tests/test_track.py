@@ -1,11 +1,11 @@
-"""preprocess.track: choosing and following the subject over synthetic candidate boxes."""
+"""preprocess.video.track: choosing and following the subject over synthetic candidate boxes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from preprocess.track import TrackParams, box_iou, track_subject
+from preprocess.video.track import TrackParams, box_iou, track_subject
 
 FRAME = (480, 640)  # (H, W) for the synthetic tracker cases
 

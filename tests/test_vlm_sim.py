@@ -16,7 +16,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from preprocess import prompts, vlm_oracle, vlm_sim
+from preprocess.labeling import prompts
+from preprocess.synthetic import vlm_oracle, vlm_sim
 
 KEY = "sim-test-key-0123456789"
 REPO = Path(__file__).resolve().parents[1]
@@ -223,7 +224,8 @@ def test_command_line_server_answers(tmp_path):
     truth = tmp_path / "truth.json"
     truth.write_text(json.dumps({vlm_oracle.sha256_bytes(video): "lose"}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "preprocess.vlm_sim", "--truth", str(truth), "--accuracy", "1"],
+        [sys.executable, "-m", "preprocess.synthetic.vlm_sim", "--truth", str(truth)]
+        + ["--accuracy", "1"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

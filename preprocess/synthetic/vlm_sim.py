@@ -10,7 +10,7 @@ against it:
   start`, then `upload, finalize` chunks at the URL returned in `x-goog-upload-url`),
   `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`.
 
-Answers come from the noisy oracle of `preprocess.vlm_oracle`, not from looking at the
+Answers come from the noisy oracle of `preprocess.synthetic.vlm_oracle`, not from looking at the
 video: for a video whose content hash (sha256 of the bytes) has a known label, it answers
 the true label with probability `accuracy` and the wrong one otherwise, deterministically
 per (seed, video, turn), with canned observations and reasoning and a confidence that is
@@ -28,7 +28,7 @@ logged as `abandoned`; the request log is what tests count.
 Every response says what it is: the `Server` header is `simulated-vlm/...` and `modelVersion`
 is `simulated-vlm`.
 
-    python -m preprocess.vlm_sim --port 8765 --truth truth.json --accuracy 0.8
+    python -m preprocess.synthetic.vlm_sim --port 8765 --truth truth.json --accuracy 0.8
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from preprocess.vlm_oracle import FAULTS, FaultPlan, Oracle, load_truth, sha256_bytes
+from preprocess.synthetic.vlm_oracle import FAULTS, FaultPlan, Oracle, load_truth, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -565,7 +565,7 @@ def _parse_rates(items: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m preprocess.vlm_sim",
+        prog="python -m preprocess.synthetic.vlm_sim",
         description="Simulated VLM server (a noisy oracle, not Gemini) for offline labelling.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from hemo_jax.contract import atomic
-from preprocess.synth import TABLE_BELOW_NECK, Subject, SyntheticVideo
+from preprocess.synthetic.plan import TABLE_BELOW_NECK, Subject, SyntheticVideo
 
 _SHIFT = 4  # sub-pixel precision for OpenCV drawing: coordinates × 16
 _WALL = ((120, 110, 100), (90, 60, 40), (60, 60, 60), (130, 120, 60))

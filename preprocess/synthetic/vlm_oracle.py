@@ -1,6 +1,6 @@
 """What the simulated VLM answers: ground truth by video hash, a noisy oracle, and faults.
 
-``preprocess.vlm_sim`` serves these answers over the Gemini REST API; this module holds
+``preprocess.synthetic.vlm_sim`` serves these answers over the Gemini REST API; this module holds
 what it says, apart from how it says it. The oracle does not look at the video: for a
 video whose sha256 has a known label it answers the true label with probability
 ``accuracy`` and the wrong one otherwise, deterministically per (seed, video, turn).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from preprocess.label_cache import file_sha256
+from preprocess.labeling.cache import file_sha256
 
 FAULTS = ("ok", "429", "500", "503", "malformed", "schema", "empty", "safety", "slow", "echo_key")
 WIN_BASE_RATE = 258 / 359

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess import prompts
-from preprocess.label_cache import LabelCache, cache_key, file_sha256
-from preprocess.label_config import DEFAULT_MODEL, LabelerConfig
-from preprocess.label_results import VideoItem
+from preprocess.labeling import prompts
+from preprocess.labeling.cache import LabelCache, cache_key, file_sha256
+from preprocess.labeling.config import DEFAULT_MODEL, LabelerConfig
+from preprocess.labeling.results import VideoItem
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class PlannedVideo:
 
 def probe_duration(path: Path) -> float | None:
     """Seconds of video from the container, or None when it cannot be read."""
-    from preprocess.video import VideoError, VideoReader
+    from preprocess.video.decode import VideoError, VideoReader
 
     try:
         with VideoReader(path) as reader:

@@ -14,7 +14,7 @@ A per-video *mood* (normal, its mean shifted by the label) sets the odds of
 ``upbeat`` against ``downbeat``; a share of losers mask (their mood is drawn as
 a winner's and they lean on ``gracious``), and winners are often ``modest``.
 So words lean with the label but often mislead; how far a bag-of-words
-classifier gets is measured in ``tests/test_synth.py`` (see ``preprocess.synth``).
+classifier gets is measured in ``tests/test_synth.py`` (see ``preprocess.synthetic.motion``).
 """
 
 from __future__ import annotations

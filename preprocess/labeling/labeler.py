@@ -2,15 +2,16 @@
 
 For every video the labeler holds one two-turn conversation with the model (Gemini 2.5 Pro by
 default; any endpoint that speaks the Gemini REST API through `base_url`, such as
-`preprocess.vlm_sim`): a Chain-of-Thought turn that observes and judges, then a Reflection turn
-that critiques the first answer and gives the final one (texts in `preprocess.prompts`). Both
-answers are structured JSON (`prompts.LabelAnswer`, read by `preprocess.label_reply`),
+`preprocess.synthetic.vlm_sim`): a Chain-of-Thought turn that observes and judges, then a
+Reflection turn that critiques the first answer and gives the final one (texts in
+`preprocess.labeling.prompts`). Both
+answers are structured JSON (`prompts.LabelAnswer`, read by `preprocess.labeling.reply`),
 temperature 0.
 
 - The video goes inline when it is at most `inline_limit_bytes`, otherwise through the Files
   API (resumable upload, poll until ACTIVE, reference by URI, delete afterwards).
-- Answers are cached (`preprocess.label_cache`); the first turn's answer is checkpointed too.
-- Requests are sent and retried by `preprocess.label_retry`, at most `concurrency` in flight.
+- Answers are cached (`preprocess.labeling.cache`); the first turn's answer is checkpointed too.
+- Requests are sent and retried by `preprocess.labeling.retry`, at most `concurrency` in flight.
   A reply that stays bad (malformed JSON, blocked, empty, schema-invalid, truncated) after
   `bad_response_attempts` becomes a `Failure` for that video, recorded in the failures file;
   the batch goes on.
@@ -34,12 +35,12 @@ from google import genai
 from google.genai import types
 
 from hemo_jax.contract import atomic
-from preprocess import prompts
-from preprocess.label_cache import LabelCache, cache_key, file_sha256
-from preprocess.label_config import LabelerConfig, MissingAPIKeyError, resolve_api_key
-from preprocess.label_reply import BadReply, parse_reply
-from preprocess.label_results import Failure, LabelResult, TokenUsage, VideoItem, video_items
-from preprocess.label_retry import RequestFailed, RetryingSender
+from preprocess.labeling import prompts
+from preprocess.labeling.cache import LabelCache, cache_key, file_sha256
+from preprocess.labeling.config import LabelerConfig, MissingAPIKeyError, resolve_api_key
+from preprocess.labeling.reply import BadReply, parse_reply
+from preprocess.labeling.results import Failure, LabelResult, TokenUsage, VideoItem, video_items
+from preprocess.labeling.retry import RequestFailed, RetryingSender
 
 logger = logging.getLogger(__name__)
 

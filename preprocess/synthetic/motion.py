@@ -1,17 +1,4 @@
-"""Synthetic interview corpus in the exact iMiGUE layout, so every command runs without real data.
-
-``python -m preprocess synth --out DIR --videos N --seed S`` writes::
-
-    DIR/Label/labels_20200831.csv        one row per micro-gesture clip (iMiGUE columns)
-    DIR/Label/protocol.json              split lists in the format of imigue_protocol.json
-    DIR/Data/skeleton/raw/<vid>/<vid>_<12-digit frame>_keypoints.json   (OpenPose 1.3)
-    DIR/Data/transcripts/<vid>.txt       the press-conference transcript (Q:/A: lines)
-    DIR/videos/<vid>.mp4                 the rendered interview (mp4v)
-    DIR/synth_config.json                the settings, so a rerun resumes or refuses
-
-Video ids are zero-padded (``0007``) in names and the CSV; subject ids are plain
-integers; the protocol lists integers, as iMiGUE's does (``preprocess.imigue``
-canonicalises all of them to ``"7"``).
+"""The synthetic world in motion: 137 OpenPose keypoints per frame for each planned video.
 
 The world. A seated player behind a table, filmed from the front, with head,
 68+2 face landmarks and both hands: 137 OpenPose keypoints per frame, with
@@ -28,16 +15,8 @@ classes and no single frame tells the answer. Some videos cut away from the
 player (frames with no person: ``"people": []``), some show a moderator at
 the edge of the frame (two people; the JSON order is random), some miss a
 few skeleton files (gaps in the frame numbering). Transcripts come from
-``preprocess.transcripts``, with their own latent mood, independent of the
+``preprocess.synthetic.transcripts``, with their own latent mood, independent of the
 stress, so fusing the two modalities can beat either.
-
-Splits. ``Label/protocol.json`` is built like iMiGUE's emotion protocol:
-subjects are split in two halves; in each half every losing video is taken
-with as many winning ones (seeded), giving a balanced train list and a
-balanced, subject-disjoint test list (majority class scores 0.50 there); the
-remaining wins are in neither list and become the ``unlabeled`` pool under
-the ``emotion-protocol`` split policy. The two subject halves are also the
-cross-subject lists.
 
 Difficulty (``tests/test_synth.py`` asserts the band 0.65–0.85 on seed 0).
 Balanced accuracy of a logistic regression, 5-fold cross-validated with
@@ -56,254 +35,35 @@ interviews, more gestures each) measured the same way: keypoints 0.803 (seed 0)
 and 0.757 (seed 1); with 8–16 s at 10 fps instead, 0.654 and 0.673.
 
 The knobs are ``stress_shift`` (keypoints) and ``TranscriptStyle`` (text).
-
-Determinism: the same config gives byte-identical CSV, JSON, transcripts and
-protocol. Who is in which video, its label and length come from a corpus plan
-drawn up front; everything else about video ``i`` (motion, observation noise,
-transcript, scene) from streams keyed by ``(seed, i)``. The mp4 files are identical too with the
-OpenCV build tested here (``tests/test_synth.py`` checks).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import json
 import math
-import multiprocessing
-from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 
-from hemo_jax.contract import atomic
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
-from preprocess.transcripts import TranscriptStyle, make_transcript
-
-CSV_COLUMNS = (
-    "video_id", "label_id", "start_time", "start_frame", "end_time", "end_frame",
-    "class", "subject_id", "subject_gender", "subject_nationality", "win_or_lose",
-)  # fmt: skip
-NATIONALITIES = (
-    "ESP", "SUI", "SRB", "GBR", "USA", "ARG", "FRA", "GER", "AUS", "JPN", "RUS", "CAN",
-    "ITA", "CRO", "BEL", "POL", "CZE", "CHN", "BRA", "RSA",
-)  # fmt: skip
-LABELS_CSV = Path("Label/labels_20200831.csv")
-PROTOCOL_JSON = Path("Label/protocol.json")
-SKELETON_DIR = Path("Data/skeleton/raw")
-TRANSCRIPT_DIR = Path("Data/transcripts")
-VIDEO_DIR = Path("videos")
-CONFIG_JSON = Path("synth_config.json")
-
-
-@dataclasses.dataclass(frozen=True)
-class Gesture:
-    label_id: int
-    name: str
-    limbs: str  # "arm" (one, chosen per event), "arms" (both), "head", "torso"
-    rate_per_min: float
-    stress_gain: float  # log-rate change per unit of stress
-    seconds: tuple[float, float]  # duration range
-
-
-GESTURES = (
-    Gesture(1, "touching face", "arm", 1.6, 0.55, (1.5, 4.0)),
-    Gesture(2, "touching neck", "arm", 1.0, 0.55, (1.5, 3.5)),
-    Gesture(3, "head down", "head", 1.4, 0.55, (1.5, 4.0)),
-    Gesture(4, "folding arms", "arms", 0.8, 0.55, (3.0, 8.0)),
-    Gesture(5, "fidgeting hands", "arms", 1.2, 0.55, (2.0, 5.0)),
-    Gesture(6, "nodding", "head", 2.0, 0.0, (1.0, 2.5)),
-    Gesture(7, "scratching head", "arm", 0.9, 0.0, (1.5, 3.0)),
-    Gesture(8, "open-palm gesture", "arm", 2.2, -0.3, (1.0, 3.0)),
-    Gesture(9, "leaning forward", "torso", 0.9, 0.0, (2.0, 5.0)),
+from preprocess.synthetic.plan import (
+    EXTRAS_STREAM,
+    GESTURE_BY_NAME,
+    GESTURES,
+    MOTION_STREAM,
+    OBSERVE_STREAM,
+    SCENE_STREAM,
+    TABLE_BELOW_NECK,
+    TEXT_STREAM,
+    CorpusPlan,
+    Event,
+    Subject,
+    SynthConfig,
+    SyntheticVideo,
+    make_subject,
+    plan_corpus,
+    stream,
 )
-_GESTURE = {g.name: g for g in GESTURES}
-TABLE_BELOW_NECK = 1.5  # table top under the resting neck, in shoulder half-widths
-
-
-@dataclasses.dataclass(frozen=True)
-class SynthConfig:
-    videos: int = 100
-    seed: int = 0
-    win_rate: float = 0.72
-    videos_per_subject: float = 4.0
-    fps: float = 15.0
-    width: int = 320
-    height: int = 240
-    min_seconds: float = 10.0
-    max_seconds: float = 30.0
-    stress_shift: float = 2.8  # mean latent stress of losers (winners: 0; sd 1)
-    cutaway_rate: float = 0.2  # share of videos that cut away from the player
-    second_person_rate: float = 0.3  # share of videos where a moderator shows up
-    frame_gap_rate: float = 0.1  # share of videos missing a few skeleton files
-    transcript: TranscriptStyle = TranscriptStyle()
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.videos < 1:
-            problems.append(f"videos={self.videos} must be >= 1")
-        if not 0.0 < self.win_rate < 1.0:
-            problems.append(f"win_rate={self.win_rate} must be in (0, 1)")
-        if self.videos_per_subject < 1:
-            problems.append(f"videos_per_subject={self.videos_per_subject} must be >= 1")
-        if not self.fps > 0:
-            problems.append(f"fps={self.fps} must be positive")
-        if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
-            problems.append(f"frame {self.width}x{self.height} must be even and >= 64")
-        if not 0.5 <= self.min_seconds <= self.max_seconds:
-            problems.append(
-                f"seconds {self.min_seconds}..{self.max_seconds} must be 0.5 <= min <= max"
-            )
-        if problems:
-            raise ValueError("SynthConfig: " + "; ".join(problems))
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Subject:
-    subject_id: str
-    gender: str
-    nationality: str
-    scale: float  # shoulder half-width as a share of the frame width
-    x_offset: float  # share of the frame width
-    y_offset: float  # share of the frame height
-    dominant: int  # side of the dominant hand in the image: -1 left (person's right), +1 right
-    gesture_rates: tuple[float, ...]  # multiplier per entry of GESTURES
-    head_pose: tuple[float, float, float]  # yaw, pitch, roll bias (radians)
-    sway: float  # idle body motion, in shoulder half-widths
-    fidget: float  # fidgeting amplitude, in shoulder half-widths
-    hand_spread: float  # resting hands apart, in shoulder half-widths
-    rest_curl: float  # resting finger curl 0..1
-    verbosity: float
-    skin: tuple[int, int, int]  # BGR
-    shirt: tuple[int, int, int]
-    hair: tuple[int, int, int]
-    long_sleeves: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    gesture: Gesture
-    start_frame: int
-    end_frame: int  # inclusive
-    side: int  # for one-arm gestures: -1 image left (person's right), +1 image right
-
-
-@dataclasses.dataclass
-class SyntheticVideo:
-    """One generated video: the truth (for rendering) and what OpenPose would report."""
-
-    video_id: str
-    subject: Subject
-    label: int  # 1 win, 0 lose
-    fps: float
-    frame_size: tuple[int, int]  # (H, W)
-    pose: np.ndarray  # float32 [T, 137, 2]: true positions of the player
-    present: np.ndarray  # bool [T]: the player is on screen
-    second_pose: np.ndarray  # float32 [T, 137, 2]: a moderator at the frame edge
-    second_present: np.ndarray  # bool [T]
-    keypoints: np.ndarray  # float32 [T, 137, 3]: observed player, zeros when absent
-    second_keypoints: np.ndarray  # float32 [T, 137, 3]
-    keypoint_frames: np.ndarray  # int32 [T']: frames that get a skeleton file
-    events: list[Event]
-    transcript: str
-    scene_seed: int
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.pose.shape[0])
-
-    def track(self) -> tuple[np.ndarray, np.ndarray]:
-        """The player's keypoints on frames with a skeleton file, as the OpenPose reader
-        gives them."""
-        return self.keypoints[self.keypoint_frames], self.keypoint_frames
-
-
-@dataclasses.dataclass(frozen=True)
-class CorpusPlan:
-    """Who is in which video and how long it is: cheap, decided up front from the seed."""
-
-    config: SynthConfig
-    subjects: tuple[Subject, ...]
-    video_subject: tuple[int, ...]  # index into subjects, per video
-    labels: tuple[int, ...]
-    num_frames: tuple[int, ...]
-
-    def video_id(self, index: int) -> str:
-        return f"{index + 1:04d}"
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    """An independent stream per (seed, purpose, index), stable when other parts change."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
-_PLAN, _SUBJECT, _MOTION, _OBSERVE, _TEXT, _SCENE, _EXTRAS = range(7)
-SKIN = ((205, 222, 250), (160, 190, 230), (120, 160, 205), (80, 120, 170), (55, 85, 130))
-SHIRTS = (
-    (40, 40, 200),
-    (200, 90, 30),
-    (30, 30, 30),
-    (235, 235, 235),
-    (40, 150, 40),
-    (140, 60, 140),
-)
-HAIR = ((20, 20, 20), (30, 50, 90), (60, 110, 170), (140, 140, 150), (15, 30, 60))
-
-
-def _make_subject(seed: int, index: int) -> Subject:
-    rng = _rng(seed, _SUBJECT, index)
-    dominant = -1 if rng.random() < 0.85 else 1  # most players are right-handed
-    return Subject(
-        subject_id=str(index + 1),
-        gender="M" if rng.random() < 0.5 else "F",
-        nationality=NATIONALITIES[int(rng.integers(len(NATIONALITIES)))],
-        scale=float(rng.uniform(0.12, 0.16)),
-        x_offset=float(rng.uniform(-0.06, 0.06)),
-        y_offset=float(rng.uniform(-0.03, 0.03)),
-        dominant=dominant,
-        gesture_rates=tuple(float(v) for v in rng.lognormal(0.0, 0.5, len(GESTURES))),
-        head_pose=(
-            float(rng.normal(0, 0.1)),
-            float(rng.normal(0, 0.08)),
-            float(rng.normal(0, 0.05)),
-        ),
-        sway=float(rng.uniform(0.01, 0.04)),
-        fidget=float(rng.uniform(0.04, 0.1)),
-        hand_spread=float(rng.uniform(0.35, 0.8)),
-        rest_curl=float(rng.uniform(0.3, 0.6)),
-        verbosity=float(rng.uniform(0.6, 1.4)),
-        skin=SKIN[int(rng.integers(len(SKIN)))],
-        shirt=SHIRTS[int(rng.integers(len(SHIRTS)))],
-        hair=HAIR[int(rng.integers(len(HAIR)))],
-        long_sleeves=bool(rng.random() < 0.4),
-    )
-
-
-def plan_corpus(config: SynthConfig) -> CorpusPlan:
-    rng = _rng(config.seed, _PLAN)
-    n = config.videos
-    n_subjects = max(1, min(n, round(n / config.videos_per_subject)))
-    # Every subject gets a video, the rest are spread at random; then shuffled.
-    assignment = np.concatenate(
-        [np.arange(n_subjects), rng.integers(0, n_subjects, n - n_subjects)]
-    )
-    assignment = rng.permutation(assignment)
-    wins = round(config.win_rate * n)
-    labels = rng.permutation(np.r_[np.ones(wins, int), np.zeros(n - wins, int)])
-    seconds = rng.uniform(config.min_seconds, config.max_seconds, n)
-    frames = np.maximum(2, np.round(seconds * config.fps)).astype(int)
-    return CorpusPlan(
-        config=config,
-        subjects=tuple(_make_subject(config.seed, i) for i in range(n_subjects)),
-        video_subject=tuple(int(s) for s in assignment),
-        labels=tuple(int(v) for v in labels),
-        num_frames=tuple(int(v) for v in frames),
-    )
-
+from preprocess.synthetic.transcripts import make_transcript
 
 # ---------------------------------------------------------------------------
 # Geometry: a face template (68 landmarks + 2 pupils, 3-D so the head can turn),
@@ -597,7 +357,8 @@ def _schedule(
         )
     if not events:  # every video has at least one annotated clip, as in iMiGUE
         first = int(rng.integers(0, max(1, n - int(1.5 * fps))))
-        events.append(Event(_GESTURE["nodding"], first, min(n - 1, first + int(1.5 * fps)), 0))
+        nodding = GESTURE_BY_NAME["nodding"]
+        events.append(Event(nodding, first, min(n - 1, first + int(1.5 * fps)), 0))
     return events
 
 
@@ -668,14 +429,14 @@ def generate_video(plan: CorpusPlan, index: int) -> SyntheticVideo:
     label = plan.labels[index]
     n = plan.num_frames[index]
     size = (cfg.height, cfg.width)
-    rng = _rng(cfg.seed, _MOTION, index)
+    rng = stream(cfg.seed, MOTION_STREAM, index)
     stress = rng.normal(0.0 if label == 1 else cfg.stress_shift, 1.0)
     activity = rng.lognormal(0.0, 0.3)
     camera = (float(rng.uniform(0.92, 1.08)), float(rng.uniform(-0.03, 0.03)))
     events = _schedule(rng, subject, stress, activity, n, cfg.fps)
     motion = _animate(rng, subject, events, n, cfg.fps, size, camera)
 
-    extras = _rng(cfg.seed, _EXTRAS, index)
+    extras = stream(cfg.seed, EXTRAS_STREAM, index)
     fps = cfg.fps
     present = np.ones(n, bool)
     if extras.random() < cfg.cutaway_rate:
@@ -692,7 +453,7 @@ def generate_video(plan: CorpusPlan, index: int) -> SyntheticVideo:
     # Drop clip rows that overlap a cut-away: nobody could annotate them.
     events = [e for e in events if present[e.start_frame : e.end_frame + 1].all()] or events[:1]
 
-    observe = _rng(cfg.seed, _OBSERVE, index)
+    observe = stream(cfg.seed, OBSERVE_STREAM, index)
     keypoints = _observe(observe, motion, present, size)
     if second_present.any():
         moderator = _moderator(np.random.default_rng(moderator_seed), subject, n, fps, size)
@@ -702,7 +463,7 @@ def generate_video(plan: CorpusPlan, index: int) -> SyntheticVideo:
         second_pose = np.zeros_like(motion.pose)
         second_keypoints = np.zeros_like(keypoints)
     transcript = make_transcript(
-        _rng(cfg.seed, _TEXT, index),
+        stream(cfg.seed, TEXT_STREAM, index),
         label,
         verbosity=subject.verbosity,
         gender=subject.gender,
@@ -723,7 +484,7 @@ def generate_video(plan: CorpusPlan, index: int) -> SyntheticVideo:
         keypoint_frames=np.flatnonzero(keep).astype(np.int32),
         events=events,
         transcript=transcript,
-        scene_seed=int(_rng(cfg.seed, _SCENE, index).integers(2**31)),
+        scene_seed=int(stream(cfg.seed, SCENE_STREAM, index).integers(2**31)),
     )
 
 
@@ -731,7 +492,7 @@ def _moderator(rng: np.random.Generator, player: Subject, n: int, fps: float, si
     """A second, smaller person sitting at one edge of the frame, half out of it."""
     edge = -1 if rng.random() < 0.5 else 1
     style = dataclasses.replace(
-        _make_subject(int(rng.integers(2**31)), 0),
+        make_subject(int(rng.integers(2**31)), 0),
         scale=player.scale * 0.7,
         x_offset=edge * 0.45,
         y_offset=0.04,
@@ -743,185 +504,3 @@ def generate_corpus(config: SynthConfig) -> list[SyntheticVideo]:
     """All videos in memory: for tests and difficulty measurements (no files)."""
     plan = plan_corpus(config)
     return [generate_video(plan, i) for i in range(config.videos)]
-
-
-# ---------------------------------------------------------------------------
-# Protocol: balanced, subject-disjoint train/test lists like iMiGUE's.
-
-
-def make_protocol(plan: CorpusPlan) -> dict:
-    rng = _rng(plan.config.seed, _PLAN, 1)
-    subjects = rng.permutation(len(plan.subjects))
-    halves = {
-        "test": set(subjects[: len(subjects) // 2]),
-        "train": set(subjects[len(subjects) // 2 :]),
-    }
-    lists: dict[str, list[int]] = {}
-    for name, members in halves.items():
-        videos = [i for i in range(plan.config.videos) if plan.video_subject[i] in members]
-        wins = [i for i in videos if plan.labels[i] == 1]
-        losses = [i for i in videos if plan.labels[i] == 0]
-        k = min(len(wins), len(losses))
-        chosen = list(rng.choice(wins, k, replace=False)) + list(
-            rng.choice(losses, k, replace=False)
-        )
-        lists[name] = sorted(int(i) + 1 for i in chosen)  # video ids are index + 1
-    return {
-        "source": f"synthetic corpus, seed {plan.config.seed}: balanced, subject-disjoint lists "
-        "built like the iMiGUE emotion protocol",
-        "emotion": {"train_video_ids": lists["train"], "test_video_ids": lists["test"]},
-        "micro_gesture_cross_subject": {
-            "train_subject_ids": sorted(int(plan.subjects[i].subject_id) for i in halves["train"]),
-            "test_subject_ids": sorted(int(plan.subjects[i].subject_id) for i in halves["test"]),
-        },
-    }
-
-
-# ---------------------------------------------------------------------------
-# Writing the corpus.
-
-
-def _person_json(kp: np.ndarray) -> dict:
-    a = np.round(kp.astype(np.float64), 3)
-    return {
-        "person_id": [-1],
-        "pose_keypoints_2d": a[0:25].ravel().tolist(),
-        "face_keypoints_2d": a[25:95].ravel().tolist(),
-        "hand_left_keypoints_2d": a[95:116].ravel().tolist(),
-        "hand_right_keypoints_2d": a[116:137].ravel().tolist(),
-        "pose_keypoints_3d": [],
-        "face_keypoints_3d": [],
-        "hand_left_keypoints_3d": [],
-        "hand_right_keypoints_3d": [],
-    }
-
-
-def frame_json(video: SyntheticVideo, frame: int) -> str:
-    """The OpenPose 1.3 JSON of one frame; people in a seeded random order."""
-    people = []
-    if video.present[frame]:
-        people.append(_person_json(video.keypoints[frame]))
-    if video.second_present[frame]:
-        people.append(_person_json(video.second_keypoints[frame]))
-        if (video.scene_seed + frame) % 2:  # the player is not always listed first
-            people.reverse()
-    return json.dumps({"version": 1.3, "people": people}, separators=(",", ":"))
-
-
-def write_skeletons(video: SyntheticVideo, folder: Path) -> None:
-    """All frame files of one video, made in a temporary folder and renamed into place."""
-    with atomic.replacing_dir(folder) as tmp:
-        for frame in video.keypoint_frames:
-            name = f"{video.video_id}_{int(frame):012d}_keypoints.json"
-            (tmp / name).write_text(frame_json(video, int(frame)), encoding="utf-8")
-
-
-def clip_rows(video: SyntheticVideo) -> list[dict[str, str]]:
-    rows = []
-    for e in video.events:
-        rows.append(
-            {
-                "video_id": video.video_id,
-                "label_id": str(e.gesture.label_id),
-                "start_time": f"{e.start_frame / video.fps:.3f}",
-                "start_frame": str(e.start_frame),
-                "end_time": f"{e.end_frame / video.fps:.3f}",
-                "end_frame": str(e.end_frame),
-                "class": e.gesture.name,
-                "subject_id": video.subject.subject_id,
-                "subject_gender": video.subject.gender,
-                "subject_nationality": video.subject.nationality,
-                "win_or_lose": "win" if video.label == 1 else "lose",
-            }
-        )
-    return rows
-
-
-def _csv_text(rows: list[dict[str, str]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _write_video_files(
-    plan: CorpusPlan, out: Path, render: bool, index: int
-) -> tuple[list[dict[str, str]], int, int]:
-    """One video's skeleton folder, transcript and mp4 (those not there yet); returns its
-    clip rows, label and frame count."""
-    video = generate_video(plan, index)
-    skeleton = out / SKELETON_DIR / video.video_id
-    if not skeleton.is_dir():
-        write_skeletons(video, skeleton)
-    transcript = out / TRANSCRIPT_DIR / f"{video.video_id}.txt"
-    if not transcript.is_file():
-        atomic.write_text(transcript, video.transcript)
-    mp4 = out / VIDEO_DIR / f"{video.video_id}.mp4"
-    if render and not mp4.is_file():
-        from preprocess.render import write_video
-
-        write_video(video, mp4)
-    return clip_rows(video), video.label, video.num_frames
-
-
-def write_corpus(
-    config: SynthConfig,
-    out: Path,
-    *,
-    render: bool = True,
-    jobs: int = 1,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, int]:
-    """Writes (or resumes writing) the corpus under ``out``; returns counts.
-
-    Each video's skeleton folder, transcript and mp4 appear atomically, so a
-    rerun skips what exists; the labels CSV and protocol are written last. A
-    folder made with other settings is refused. ``jobs`` processes make the
-    videos side by side (each video depends only on the plan, so the files are
-    the same for any number).
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs={jobs} must be >= 1")
-    out = Path(out)
-    settings = json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n"
-    config_path = out / CONFIG_JSON
-    if config_path.exists():
-        if config_path.read_text(encoding="utf-8") != settings:
-            raise FileExistsError(
-                f"{config_path}: {out} holds a corpus made with other settings; "
-                "choose another --out or delete it"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out} is not empty and holds no {CONFIG_JSON}; choose another --out"
-        )
-    atomic.write_text(config_path, settings)
-
-    plan = plan_corpus(config)
-    write_one = functools.partial(_write_video_files, plan, out, render)
-    rows: list[dict[str, str]] = []
-    counts = {"videos": config.videos, "win": 0, "lose": 0, "clips": 0, "frames": 0}
-
-    def collect(results: Iterable[tuple[list[dict[str, str]], int, int]]) -> None:
-        for done, (video_rows, label, frames) in enumerate(results, 1):  # in video order
-            rows.extend(video_rows)
-            counts["win" if label == 1 else "lose"] += 1
-            counts["frames"] += frames
-            if progress is not None:
-                progress(done, config.videos)
-
-    if jobs == 1:
-        collect(map(write_one, range(config.videos)))
-    else:
-        # spawn: a fresh interpreter per worker, whatever threads the caller has started.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            collect(pool.map(write_one, range(config.videos)))
-    counts["clips"] = len(rows)
-    atomic.write_text(out / PROTOCOL_JSON, json.dumps(make_protocol(plan), indent=1) + "\n")
-    atomic.write_text(out / LABELS_CSV, _csv_text(rows))
-    return counts

@@ -12,7 +12,7 @@ import json
 from google.genai import types
 from pydantic import ValidationError
 
-from preprocess import prompts
+from preprocess.labeling import prompts
 
 _BLOCKING_FINISH_REASONS = frozenset(
     {

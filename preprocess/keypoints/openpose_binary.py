@@ -1,7 +1,7 @@
 """Running the OpenPose binary on a video, when it is installed, into a JSON folder.
 
 OpenPose writes one ``<video>_<12-digit frame>_keypoints.json`` file a frame,
-the format ``preprocess.openpose.read_openpose_dir`` reads. Corpora that ship
+the format ``preprocess.keypoints.openpose.read_openpose_dir`` reads. Corpora that ship
 these folders (iMiGUE) need no binary: ``openpose_json_dir`` returns an
 existing folder as it is and runs the binary only for a video without one.
 

@@ -40,7 +40,7 @@ Split policies (``SplitSpec.policy``):
 
 The protocol file is ``Label/protocol.json`` inside the corpus when present
 (the synthetic corpus writes one built like iMiGUE's), else the packaged
-``preprocess/data/imigue_protocol.json`` (copied from the iMiGUE supplementary
+``preprocess/corpora/data/imigue_protocol.json`` (copied from the iMiGUE supplementary
 material); ``CorpusLayout.protocol`` overrides both.
 """
 
@@ -69,6 +69,7 @@ REQUIRED_COLUMNS = ("video_id", "subject_id", "win_or_lose")
 # iMiGUE's recordings; used for keypoint-only records, where no video says otherwise.
 IMIGUE_FPS = 25.0
 IMIGUE_FRAME_SIZE = (720, 1280)  # (H, W)
+PROTOCOL_FILE = "imigue_protocol.json"  # the official split lists, shipped in corpora/data
 
 
 class CorpusError(ValueError):
@@ -249,7 +250,7 @@ def _int_list(path: str, obj: dict, section: str, key: str) -> frozenset[str]:
 def load_protocol(path: Path | None = None) -> Protocol:
     """Reads split lists; ``None`` reads the packaged official iMiGUE protocol."""
     if path is None:
-        resource = importlib.resources.files("preprocess") / "data" / "imigue_protocol.json"
+        resource = importlib.resources.files("preprocess.corpora") / "data" / PROTOCOL_FILE
         text, name = resource.read_text(encoding="utf-8"), str(resource)
     else:
         try:
@@ -405,8 +406,8 @@ def build_manifest(layout: CorpusLayout, split: SplitSpec | None = None) -> list
 
 
 def video_properties(path: Path) -> tuple[float, tuple[int, int]]:
-    """(fps, (H, W)) of a video file, from its container (``preprocess.video``)."""
-    from preprocess.video import VideoError, VideoReader
+    """(fps, (H, W)) of a video file, from its container (``preprocess.video.decode``)."""
+    from preprocess.video.decode import VideoError, VideoReader
 
     try:
         with VideoReader(path) as reader:
@@ -430,7 +431,7 @@ def build_records(
     (``"skip"`` turns malformed frame files into zero rows). A row without a
     skeleton folder gets zero keypoint rows; crops are added later from the video.
     """
-    from preprocess.openpose import read_openpose_dir
+    from preprocess.keypoints.openpose import read_openpose_dir
 
     for row in rows:
         if row.skeleton_dir is not None:
