@@ -13,7 +13,12 @@ def test_every_key_field_makes_another_key():
     for i, other in enumerate(("b" * 64, "m2", "other-prompt", "127.0.0.1")):
         keys.add(cache_key(*base[:i], other, *base[i + 1 :]))
     assert len(keys) == 5
-    assert cache_key(*base) == cache_key(*base)
+
+
+def test_keys_keep_the_names_of_caches_already_on_disk():
+    # A change to how keys are made would orphan every cached answer (paid for) silently.
+    key = cache_key("a" * 64, "gemini-2.5-pro", "prompt-v1", "gemini-api")
+    assert key == "97666a7d4807c3fef40e4e10ad5ec24d5f85bb955dd590999f5ccac213a8dd80"
 
 
 def test_file_sha256_reads_the_whole_file(tmp_path):

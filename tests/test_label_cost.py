@@ -45,5 +45,12 @@ def test_price_tiers():
     assert pro.cost(300_000, 1000) == pytest.approx(300_000 * 2.5e-6 + 1000 * 15e-6)
 
 
-def test_every_media_resolution_has_a_token_rate():
-    assert set(VIDEO_TOKENS_PER_SECOND) == set(MEDIA_RESOLUTIONS)
+@pytest.mark.parametrize("resolution", MEDIA_RESOLUTIONS)
+def test_every_media_resolution_is_priced_at_its_own_token_rate(tmp_path, resolution):
+    video = tmp_path / "real.mp4"
+    write_real_video(video, seconds=4.0)
+    cfg = LabelerConfig(cache_dir=tmp_path / "cache", media_resolution=resolution)
+    (plan,) = plan_videos([VideoItem("real", video)], cfg)
+    video_tokens = plan.duration_s * VIDEO_TOKENS_PER_SECOND[resolution]
+    text_tokens = plan.prompt_tokens - 2 * round(video_tokens)  # the video is sent twice
+    assert 0 < text_tokens < 3000 and plan.cost_usd > 0

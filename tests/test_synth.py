@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -100,11 +101,20 @@ def test_plan_labels_subjects_and_per_video_streams():
     a, b = generate_video(plan, 3), generate_video(plan_corpus(config), 3)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
     assert a.transcript == b.transcript and a.events == b.events
-    # Video 3 of a bigger corpus with the same seed differs only if its subject or label does.
-    bigger = plan_corpus(SynthConfig(videos=80, seed=7))
-    c = generate_video(bigger, 3)
-    if (bigger.labels[3], bigger.video_subject[3]) == (plan.labels[3], plan.video_subject[3]):
-        np.testing.assert_array_equal(a.keypoints, c.keypoints)
+    # Everything else about video 3 comes from streams keyed by (seed, 3): other videos'
+    # labels and lengths leave it as it is, its own label does not.
+    others_changed = dataclasses.replace(
+        plan,
+        labels=tuple(y if i == 3 else 1 - y for i, y in enumerate(plan.labels)),
+        num_frames=tuple(n if i == 3 else n + 7 for i, n in enumerate(plan.num_frames)),
+    )
+    c = generate_video(others_changed, 3)
+    np.testing.assert_array_equal(a.keypoints, c.keypoints)
+    assert (c.transcript, c.events, c.scene_seed) == (a.transcript, a.events, a.scene_seed)
+    own_label_changed = dataclasses.replace(
+        plan, labels=tuple(1 - y if i == 3 else y for i, y in enumerate(plan.labels))
+    )
+    assert not np.array_equal(generate_video(own_label_changed, 3).keypoints, a.keypoints)
     other = generate_video(plan_corpus(SynthConfig(videos=50, seed=8)), 3)
     assert not np.array_equal(a.keypoints[:2], other.keypoints[:2])
 
