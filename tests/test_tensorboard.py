@@ -1,5 +1,6 @@
 """Event files: CRC32C, framing, and protos that TensorBoard's own parser reads back."""
 
+import os
 import struct
 
 import pytest
@@ -36,3 +37,17 @@ def test_event_file_parses_with_tensorboard_protos(tmp_path):
     assert events[1].step == 7
     values = {v.tag: v.simple_value for v in events[1].summary.value}
     assert values == {"train/loss": 0.25, "train/accuracy": 0.75}
+
+
+def test_crc32c_and_framing_match_tensorboardx_byte_for_byte(tmp_path):
+    record_writer = pytest.importorskip("tensorboardX.record_writer")
+    crc = pytest.importorskip("tensorboardX.crc32c")
+    payloads = [b"", b"x", os.urandom(1000), os.urandom(70_000)]
+    for data in payloads:
+        assert tensorboard.crc32c(data) == crc.crc32c(data)
+    path = tmp_path / "theirs.tfrecord"
+    writer = record_writer.RecordWriter(str(path))
+    for data in payloads:
+        writer.write(data)
+    writer.close()
+    assert path.read_bytes() == b"".join(tensorboard.frame_record(d) for d in payloads)
