@@ -37,7 +37,7 @@ class Pricing:
 
 
 PRICES = {"gemini-2.5-pro": Pricing(1.25, 2.50, 10.0, 15.0)}
-# One entry per `label_config.MEDIA_RESOLUTIONS`.
+# One entry per `config.MEDIA_RESOLUTIONS`.
 VIDEO_TOKENS_PER_SECOND = {"default": 300, "low": 100}
 ASSUMED_ANSWER_TOKENS = 700
 ASSUMED_THINKING_TOKENS = 2000
