@@ -190,7 +190,7 @@ def main() -> None:
                 split="train",
                 fps=25.0,
                 frame_size=(720, 1280),
-                keypoints=np.zeros((1, 137, 3), np.float16),
+                keypoints=np.zeros((1, 137, 3), np.float32),
                 keypoint_frames=np.zeros((1,), np.int32),
                 crops=crops,
                 crop_frames=np.arange(per_record, dtype=np.int32),

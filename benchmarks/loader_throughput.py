@@ -1,6 +1,6 @@
 """Loader throughput at a realistic record size.
 
-Writes N records (5,000 keypoint frames [5000, 137, 3] float16 and 1,000
+Writes N records (5,000 keypoint frames [5000, 137, 3] float32 and 1,000
 image-feature rows of width 768, no crops) into a temporary shard set, then
 measures records/s and batches/s of the training pipeline with 0 and 2 worker
 processes, plus the raw read+decode rate of the shard set.
@@ -42,7 +42,7 @@ def realistic_record(i: int, rng: np.random.Generator) -> VideoRecord:
     xy = base + drift + rng.normal(0, 1.5, (FRAMES, NUM_KEYPOINTS, 2))
     conf = rng.uniform(0.2, 1.0, (FRAMES, NUM_KEYPOINTS, 1))
     conf[:, 19:25] = 0  # seated players: feet missing
-    kp = np.concatenate([xy * (conf > 0), conf], axis=-1).astype(np.float16)
+    kp = np.concatenate([xy * (conf > 0), conf], axis=-1).astype(np.float32)
     crop_frames = np.arange(0, FRAMES * 5, 25, dtype=np.int32)[:IMAGES]
     return VideoRecord(
         video_id=f"bench{i:04d}",

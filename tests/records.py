@@ -37,7 +37,7 @@ def record(i: int, label: int, *, split: str, frames: int = 48, dim: int = 8, **
         split=split,
         fps=25.0,
         frame_size=(480, 640),
-        keypoints=kp.astype(np.float16),
+        keypoints=kp.astype(np.float32),
         keypoint_frames=np.arange(frames, dtype=np.int32),
         label=label if split != "unlabeled" else -1,
         crop_frames=crop_frames,

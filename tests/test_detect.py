@@ -210,7 +210,7 @@ def test_yolo_track_on_talking_person_is_stable(yolo):
         split="unlabeled",
         fps=result.info.fps,
         frame_size=result.info.frame_size,
-        keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float16),
+        keypoints=np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
         keypoint_frames=np.zeros((0,), np.int32),
         crops=result.crops,
         crop_frames=result.crop_frames,

@@ -62,7 +62,7 @@ def _record(i: int, n: int) -> VideoRecord:
         split="train",
         fps=25.0,
         frame_size=(720, 1280),
-        keypoints=np.full((6, 137, 3), i, np.float16),
+        keypoints=np.full((6, 137, 3), i, np.float32),
         keypoint_frames=np.arange(6, dtype=np.int32),
         label=i % 2,
         crops=_crops(i, n),

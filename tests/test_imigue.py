@@ -281,7 +281,7 @@ def test_skeletons_without_videos_give_keypoint_only_records(tmp_path):
     r1, r2, r3 = records
     assert (r1.fps, r1.frame_size) == (25.0, (720, 1280))  # iMiGUE's, no video to say otherwise
     assert r1.keypoint_frames.tolist() == [0, 1, 3]
-    assert r1.keypoints.shape == (3, 137, 3) and r1.keypoints.dtype == np.float16
+    assert r1.keypoints.shape == (3, 137, 3) and r1.keypoints.dtype == np.float32
     np.testing.assert_allclose(r1.keypoints[2, 0], [103, 50, 0.9], rtol=1e-3)
     assert r1.transcript.startswith("Q: How was it?")
     assert (r1.label, r1.split, r1.source, r1.subject_id) == (1, "train", "synthetic", "1")

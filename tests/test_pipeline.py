@@ -26,7 +26,7 @@ NECK, RS, LS = 1, 2, 5
 
 def make_record(i: int, t: int, *, split: str = "train", label: int = 1, **kw) -> VideoRecord:
     rng = np.random.default_rng(i)
-    kp = rng.uniform(100, 600, (t, NUM_KEYPOINTS, 3)).astype(np.float16)
+    kp = rng.uniform(100, 600, (t, NUM_KEYPOINTS, 3)).astype(np.float32)
     kp[..., 2] = rng.uniform(0.1, 1, (t, NUM_KEYPOINTS))
     kp[:, NECK, :2], kp[:, RS, :2], kp[:, LS, :2] = (300, 200), (250, 200), (350, 200)
     frames = np.arange(t, dtype=np.int32) * 2  # source frame index = 2 * row

@@ -20,7 +20,7 @@ from hemo_jax.contract.schema import (
 
 def make_record(t: int = 6, t_img: int = 3, *, features: bool = True, crops: bool = True):
     rng = np.random.default_rng(0)
-    kp = rng.uniform(0, 700, (t, NUM_KEYPOINTS, 3)).astype(np.float16)
+    kp = rng.uniform(0, 700, (t, NUM_KEYPOINTS, 3)).astype(np.float32)
     kp[..., 2] = rng.uniform(0, 1, (t, NUM_KEYPOINTS))
     return VideoRecord(
         video_id="vid_007",
@@ -119,14 +119,14 @@ def test_unknown_and_missing_fields_refused():
 
 def test_wrong_dtype_refused_on_write_and_read():
     rec = make_record()
-    bad = dataclasses.replace(rec, keypoints=rec.keypoints.astype(np.float32))
-    expect_refusal(lambda: encode_record(bad), "keypoints", "float32")
+    bad = dataclasses.replace(rec, keypoints=rec.keypoints.astype(np.float16))
+    expect_refusal(lambda: encode_record(bad), "keypoints", "float16")
 
-    def to_float32(o):
-        arr = np.frombuffer(o["keypoints"]["data"], np.float16).astype(np.float32)
-        o["keypoints"].update(dtype="<f4", data=arr.tobytes())
+    def to_float16(o):
+        arr = np.frombuffer(o["keypoints"]["data"], np.float32).astype(np.float16)
+        o["keypoints"].update(dtype="<f2", data=arr.tobytes())
 
-    expect_refusal(lambda: decode_record(tamper(rec, to_float32)), "keypoints", "float32")
+    expect_refusal(lambda: decode_record(tamper(rec, to_float16)), "keypoints", "float16")
     bad = dataclasses.replace(rec, crop_frames=rec.crop_frames.astype(np.int64))
     expect_refusal(lambda: encode_record(bad), "crop_frames", "int64")
     bad = dataclasses.replace(rec, label="1")
@@ -221,3 +221,18 @@ def test_random_bytes_never_escape_as_other_errors():
         data = rng.integers(0, 256, rng.integers(0, 80), dtype=np.uint8).tobytes()
         with pytest.raises(SchemaError):
             decode_record(data)
+
+
+def test_keypoints_round_trip_exactly():
+    # Sub-pixel positions on a 1280x720 frame: float16 would move them by up to 0.5 px.
+    rec = make_record()
+    rec.keypoints[..., :2] = np.float32(1279.37) - rec.keypoints[..., :2] / 7
+    back = decode_record(encode_record(rec))
+    assert back.keypoints.dtype == np.float32
+    np.testing.assert_array_equal(back.keypoints, rec.keypoints)
+
+
+def test_version_1_records_are_refused_with_how_to_rebuild():
+    data = tamper(make_record(), lambda o: o.update(schema_version=1))
+    err = expect_refusal(lambda: decode_record(data), "schema_version", "float16")
+    assert "preprocess run" in str(err) and "hemo_jax.encode" in str(err)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
-from hemo_jax.contract.schema import SchemaError, VideoRecord, decode_record
+from hemo_jax.contract.schema import SCHEMA_VERSION, SchemaError, VideoRecord, decode_record
 from hemo_jax.contract.shards import MANIFEST, ShardError, ShardWriter, open_shards
 from hemo_jax.data import inspect as inspect_cli
 from preprocess.shards import write_records, write_videos
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_record(i: int, *, t: int = 20, split: str = "train", label: int = 1, dim: int | None = 8):
     rng = np.random.default_rng(i)
-    kp = rng.uniform(0, 500, (t, NUM_KEYPOINTS, 3)).astype(np.float16)
+    kp = rng.uniform(0, 500, (t, NUM_KEYPOINTS, 3)).astype(np.float32)
     t_img = t // 4
     return VideoRecord(
         video_id=f"vid{i:03d}",
@@ -125,7 +125,7 @@ KILLED_WRITER = textwrap.dedent(
             w.add(VideoRecord(
                 video_id=f"vid{i:05d}", subject_id="s", source="synthetic", split="train",
                 fps=25.0, frame_size=(720, 1280),
-                keypoints=np.random.default_rng(i).uniform(0, 9, (800, 137, 3)).astype(np.float16),
+                keypoints=np.random.default_rng(i).uniform(0, 9, (800, 137, 3)).astype(np.float32),
                 keypoint_frames=np.arange(800, dtype=np.int32)))
             print(i, flush=True)
     """
@@ -209,7 +209,10 @@ def test_bad_manifests_and_paths_fail_clearly(tmp_path):
     write_records([make_record(0)], tmp_path)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 99}))
-    with pytest.raises(ShardError, match="manifest.json.*schema_version 99"):
+    with pytest.raises(ShardError, match="manifest.json.*schema_version: version 99"):
+        open_shards(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 1}))
+    with pytest.raises(ShardError, match="float16.*rebuild the shard set"):
         open_shards(tmp_path)
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(ShardError, match="manifest.json.*unreadable"):
@@ -243,7 +246,7 @@ def test_inspect_summary_and_cli(tmp_path, capsys):
     records += [make_record(2, t=20, split="unlabeled", label=-1)]
     write_records(records, tmp_path, records_per_shard=2)
     s = inspect_cli.summarize(open_shards(tmp_path))
-    assert s["records"] == 3 and s["shards"] == 2 and s["schema_version"] == 1
+    assert s["records"] == 3 and s["shards"] == 2 and s["schema_version"] == SCHEMA_VERSION
     assert s["splits"]["train"]["label"] == {"win": 1, "lose": 1, "unknown": 0}
     assert s["splits"]["unlabeled"]["pseudo_label"]["win"] == 1
     assert s["keypoint_frames"] == {"min": 10, "median": 20.0, "max": 30, "total": 60}

@@ -18,7 +18,9 @@ import numpy as np
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 
-SCHEMA_VERSION = 1
+# 2: keypoints float32. Version 1 stored them as float16, which moved real OpenPose points
+# (1280x720) by up to 0.5 px: the size of the micro-movements the offsets measure.
+SCHEMA_VERSION = 2
 
 SPLITS = ("train", "val", "test", "unlabeled")
 LABELS = (-1, 0, 1)  # unknown, lose/negative, win/positive
@@ -26,7 +28,7 @@ LABELS = (-1, 0, 1)  # unknown, lose/negative, win/positive
 # Array fields: dtype and shape, where None is a free dimension. Names of
 # dimensions tie fields together: every "T" is the same length, and so on.
 ARRAY_FIELDS: dict[str, tuple[np.dtype, tuple[str | int, ...]]] = {
-    "keypoints": (np.dtype(np.float16), ("T", NUM_KEYPOINTS, 3)),
+    "keypoints": (np.dtype(np.float32), ("T", NUM_KEYPOINTS, 3)),
     "keypoint_frames": (np.dtype(np.int32), ("T",)),
     "crop_frames": (np.dtype(np.int32), ("T_img",)),
     "boxes": (np.dtype(np.float32), ("T_img", 4)),
@@ -54,7 +56,7 @@ class VideoRecord:
     split: str
     fps: float
     frame_size: tuple[int, int]  # (H, W) of the source video
-    keypoints: np.ndarray  # float16 [T, 137, 3]: x px, y px, confidence
+    keypoints: np.ndarray  # float32 [T, 137, 3]: x px, y px, confidence
     keypoint_frames: np.ndarray  # int32 [T]
     label: int = -1
     pseudo_label: int = -1
@@ -92,9 +94,25 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    # float16 NaN and infinity have all exponent bits set; testing the bits is ~3x
-    # faster than np.isfinite, which converts every value (this runs on every read).
-    return not np.any((a.view(np.uint16) & 0x7C00) == 0x7C00)
+    if a.dtype == np.float16:
+        # float16 NaN and infinity have all exponent bits set; testing the bits is ~3x
+        # faster than np.isfinite, which converts every value (this runs on every read).
+        return not np.any((a.view(np.uint16) & 0x7C00) == 0x7C00)
+    return bool(np.isfinite(a).all())
+
+
+def version_problem(version: object) -> str | None:
+    """Why records (or a shard set) of schema ``version`` cannot be read, with what to do;
+    None when this code reads them."""
+    if version == SCHEMA_VERSION:
+        return None
+    if version == 1:
+        return (
+            "schema version 1 stored keypoints as float16 (up to 0.5 px off); this code reads "
+            f"version {SCHEMA_VERSION} (float32): rebuild the shard set with `python -m "
+            "preprocess run` and encode it again with `python -m hemo_jax.encode`"
+        )
+    return f"version {version!r}, expected {SCHEMA_VERSION}"
 
 
 def validate(record: VideoRecord) -> None:
@@ -104,8 +122,8 @@ def validate(record: VideoRecord) -> None:
     def fail(field: str, message: str) -> None:
         raise SchemaError(field, vid, message)
 
-    if record.schema_version != SCHEMA_VERSION:
-        fail("schema_version", f"version {record.schema_version!r}, expected {SCHEMA_VERSION}")
+    if problem := version_problem(record.schema_version):
+        fail("schema_version", problem)
     for name, kind in _SCALARS.items():
         value = getattr(record, name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -228,9 +246,8 @@ def decode_record(data: bytes, *, skip: Iterable[str] = ()) -> VideoRecord:
         raise SchemaError("<record>", "?", f"expected a map, got {type(obj).__name__}")
     vid = obj.get("video_id", "?")
     vid = vid if isinstance(vid, str) else repr(vid)
-    version = obj.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError("schema_version", vid, f"version {version!r}, expected {SCHEMA_VERSION}")
+    if problem := version_problem(obj.get("schema_version")):
+        raise SchemaError("schema_version", vid, problem)
     unknown = sorted(str(k) for k in set(obj) - _FIELD_NAMES)  # keys may be bytes
     if unknown:
         raise SchemaError(unknown[0], vid, f"unknown field (all unknown: {unknown})")

@@ -42,6 +42,7 @@ from hemo_jax.contract.schema import (
     VideoRecord,
     decode_record,
     encode_record,
+    version_problem,
 )
 
 MANIFEST = "manifest.json"
@@ -317,14 +318,13 @@ class ShardSet:
     def _load_manifest(path: Path) -> tuple[dict[str, Any], tuple[ShardInfo, ...]]:
         try:
             manifest = json.loads(path.read_text())
-            expected = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "schema_version": SCHEMA_VERSION,  # records of another version are refused
-            }
+            expected = {"format": FORMAT, "format_version": FORMAT_VERSION}
             for key, want in expected.items():
                 if manifest.get(key) != want:
                     raise ShardError(path, f"{key} {manifest.get(key)!r}; this code reads {want!r}")
+            # Records of another version are refused, with what to do about them.
+            if problem := version_problem(manifest.get("schema_version")):
+                raise ShardError(path, f"schema_version: {problem}")
             shards = tuple(
                 ShardInfo(**{**s, "records": tuple(RecordInfo(**r) for r in s["records"])})
                 for s in manifest["shards"]

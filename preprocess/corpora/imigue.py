@@ -455,7 +455,7 @@ def build_records(
             label=row.label,
             fps=float(row_fps),
             frame_size=(int(row_size[0]), int(row_size[1])),
-            keypoints=keypoints.astype(np.float16),
+            keypoints=keypoints.astype(np.float32, copy=False),
             keypoint_frames=frames,
             transcript=transcript,
         )
