@@ -13,6 +13,7 @@ Where each part lives:
 - `preprocess.label_retry`, `preprocess.label_reply`: retries with backoff; reply validation.
 - `preprocess.label_results`: per-video results and failures, and their summary.
 - `preprocess.label_cost`: `--dry-run`, what would be sent and an estimated cost.
+- `preprocess.labeling.batch`: `--batch`, the same two turns as Batch API jobs (half price).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from preprocess.label_results import (
     video_items,
 )
 from preprocess.labeler import VIDEO_MIME_TYPES, label_videos
+from preprocess.labeling import batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print what would be sent and an estimated cost; no network, no key needed",
     )
+    batch.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> LabelerConfig:
@@ -141,7 +144,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan_videos(videos, config), config))
         return 0
-    results = label_videos(videos, config)
+    if args.batch:
+        results, spend = batch.label_videos(videos, config, batch.settings_from_args(args))
+        print(batch.format_spend(spend))
+    else:
+        results = label_videos(videos, config)
     out = args.out or config.cache_dir / "labels.json"
     atomic.write_json(
         out,

@@ -28,6 +28,7 @@ import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from google import genai
@@ -174,7 +175,7 @@ class Labeler:
             if size <= self.config.inline_limit_bytes:
                 video_part = types.Part.from_bytes(data=video.path.read_bytes(), mime_type=mime)
             else:
-                uploaded = self.upload(video, mime)
+                uploaded = self.upload(video.path, mime, video.video_id)
                 video_part = types.Part.from_uri(file_uri=uploaded.uri, mime_type=mime)
             first_turn = first_turn_contents(video_part)
             checkpoint = self.cache.load(key, ".turn1")
@@ -194,7 +195,7 @@ class Labeler:
             )
         finally:
             if uploaded is not None and self.config.delete_uploads:
-                self._delete_upload(uploaded)
+                self.delete_upload(uploaded.name)
 
         result = label_result(video.video_id, sha, self.config.model, first, final, tally)
         self.cache.store(key, result.to_json())
@@ -232,13 +233,14 @@ class Labeler:
                     raise RequestFailed(bad.reason, detail, attempt) from None
         raise AssertionError("unreachable")
 
-    def upload(self, video: VideoItem, mime: str) -> types.File:
-        what = f"video {video.video_id}: upload"
+    def upload(self, path: Path, mime: str, display_name: str) -> types.File:
+        """Upload a file through the Files API and wait until it is ACTIVE."""
+        what = f"{display_name}: upload"
         uploaded = self.requests.send(
             what,
             lambda: self.client.files.upload(
-                file=video.path,
-                config=types.UploadFileConfig(mime_type=mime, display_name=video.video_id),
+                file=path,
+                config=types.UploadFileConfig(mime_type=mime, display_name=display_name),
             ),
         )
         deadline = time.monotonic() + self.config.file_active_timeout_s
@@ -259,11 +261,11 @@ class Labeler:
             raise RequestFailed("upload_failed", f"{uploaded.name} has no URI")
         return uploaded
 
-    def _delete_upload(self, uploaded: types.File) -> None:
+    def delete_upload(self, name: str) -> None:
         try:
-            self.requests.send_once(lambda: self.client.files.delete(name=uploaded.name))
+            self.requests.send_once(lambda: self.client.files.delete(name=name))
         except Exception as exc:  # the file expires after 48 h anyway
-            logger.warning("could not delete %s: %s", uploaded.name, self.scrub(str(exc)))
+            logger.warning("could not delete %s: %s", name, self.scrub(str(exc)))
 
 
 @dataclass

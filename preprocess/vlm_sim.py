@@ -8,7 +8,9 @@ against it:
   structured JSON answer), `finishReason`, `usageMetadata`, `modelVersion`;
 - the Files API resumable upload (`POST /upload/v1beta/files` with `X-Goog-Upload-Command:
   start`, then `upload, finalize` chunks at the URL returned in `x-goog-upload-url`),
-  `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`.
+  `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`;
+- the Batch API and generated-file downloads, served by `preprocess.synthetic.vlm_batch`
+  (`sim.batches`).
 
 Answers come from the noisy oracle of `preprocess.vlm_oracle`, not from looking at the
 video: for a video whose content hash (sha256 of the bytes) has a known label, it answers
@@ -52,6 +54,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from preprocess.synthetic import vlm_batch
 from preprocess.vlm_oracle import FAULTS, FaultPlan, Oracle, load_truth, sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -150,6 +153,7 @@ class SimulatedVLM:
         self.max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batches = vlm_batch.BatchService(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -230,6 +234,8 @@ class SimulatedVLM:
         record = self._record(RequestRecord(kind="other"))
         try:
             self._check_key(handler, query)
+            if self.batches.route(handler, method, url.path, record):
+                return
             generate = _GENERATE_PATH.match(url.path)
             file_match = _FILE_PATH.match(url.path)
             if method == "POST" and generate:

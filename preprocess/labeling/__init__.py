@@ -1,0 +1,1 @@
+"""Video pseudo labels from a vision-language model."""

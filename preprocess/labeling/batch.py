@@ -1,0 +1,604 @@
+"""Labelling through the Gemini Batch API: the same two turns at half the price, within 24 h.
+
+`python -m preprocess label --batch` (and `run --labeler gemini-batch`) asks the questions of
+`preprocess.labeler` (Chain-of-Thought, then Reflection carrying the first answer) as two
+rounds of batch jobs instead of one conversation per video:
+
+1. one job holds the first turn of every video not yet answered; once it has finished, each
+   good answer is checkpointed (the label cache's `.turn1` part, as the interactive labeler
+   does);
+2. one job holds the second turn of every video with a first answer; each good answer is the
+   video's `LabelResult`, cached like any other.
+
+- Requests go inline when the job's requests, serialised, fit `inline_request_limit_bytes`
+  (the API takes 20 MB per request); above it they go as a JSONL file (`{"key", "request"}`
+  per line) uploaded through the Files API. A video goes inline in its request up to the
+  labeler's `inline_limit_bytes`, otherwise as an uploaded file.
+- Every job is recorded in the state file (`CACHE_DIR/batch_state.json`, written atomically)
+  as soon as it is created, with the requests it holds. A rerun of a killed command re-attaches
+  to the recorded jobs and submits only requests no job holds: nothing is paid twice.
+- Jobs are polled with exponential backoff (`poll_initial_s` growing by `poll_multiplier` up
+  to `poll_max_s`); transient polling errors are retried by `label_retry`.
+- A request that failed (its own error, a bad reply, or a job that ended EXPIRED, FAILED or
+  CANCELLED) is asked again in the next job, up to `max_tries` times per turn; with
+  `retry="sync"` the retries are sent at once through generateContent (standard price) instead
+  of waiting for another job. A request that still fails is the video's `Failure`.
+- Uploaded videos expire 48 hours after upload; the state keeps each one's expiry, and a video
+  with less than `upload_margin_s` left (default 25 h: a job's 24-hour window and an hour) is
+  uploaded again before a job refers to it. A request whose video is gone (403/404) drops that
+  upload, so its retry uploads the video again.
+- What the replies cost is read from their usage metadata, priced per reply at the batch price
+  (half the standard one) and, for comparison, at the standard price (`BatchSpend`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.genai import _common, errors, types
+from google.genai import batches as genai_batches
+
+from hemo_jax.contract import atomic
+from preprocess import prompts
+from preprocess.label_config import LabelerConfig, resolve_api_key
+from preprocess.label_cost import BATCH_PRICE_FACTOR, reply_cost
+from preprocess.label_reply import BadReply, parse_reply
+from preprocess.label_results import Failure, LabelResult, TokenUsage, VideoItem, video_items
+from preprocess.label_retry import RETRYABLE_HTTP_CODES, RequestFailed
+from preprocess.labeler import (
+    Labeler,
+    Prepared,
+    Tally,
+    cached_result,
+    first_turn_contents,
+    label_result,
+    prepare,
+    second_turn_contents,
+)
+
+logger = logging.getLogger(__name__)
+
+# An uploaded file lives 48 hours (Files API).
+FILE_LIFETIME_S = 48 * 3600
+RETRY_MODES = ("batch", "sync")
+_DONE_STATES = {
+    types.JobState.JOB_STATE_SUCCEEDED,
+    types.JobState.JOB_STATE_FAILED,
+    types.JobState.JOB_STATE_CANCELLED,
+    types.JobState.JOB_STATE_EXPIRED,
+}
+_JOB_FAILURES = {
+    types.JobState.JOB_STATE_FAILED: "batch_failed",
+    types.JobState.JOB_STATE_CANCELLED: "batch_cancelled",
+    types.JobState.JOB_STATE_EXPIRED: "batch_expired",
+}
+
+
+class BatchError(RuntimeError):
+    """The batch run cannot go on (its jobs stay recorded; a rerun re-attaches to them)."""
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How batch jobs are sent and watched (the conversation itself is `LabelerConfig`'s)."""
+
+    poll_initial_s: float = 30.0
+    poll_max_s: float = 600.0
+    poll_multiplier: float = 1.5
+    inline_request_limit_bytes: int = 19 * 2**20  # under the API's 20 MB per request
+    max_tries: int = 3  # jobs (or sync retries) one request of one turn may take
+    retry: str = "batch"  # or "sync": failed requests retried through generateContent
+    upload_margin_s: float = 25 * 3600
+
+    def __post_init__(self) -> None:
+        if self.retry not in RETRY_MODES:
+            raise ValueError(f"BatchSettings.retry {self.retry!r} is not one of {RETRY_MODES}")
+        for name in ("poll_initial_s", "poll_max_s", "max_tries", "inline_request_limit_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"BatchSettings.{name} must be > 0, got {getattr(self, name)}")
+        if self.poll_multiplier < 1:
+            raise ValueError(
+                f"BatchSettings.poll_multiplier must be >= 1, got {self.poll_multiplier}"
+            )
+
+
+@dataclass
+class BatchSpend:
+    """What this run's replies cost, from their usage metadata, in USD."""
+
+    batch_replies: int = 0
+    sync_replies: int = 0
+    usd: float = 0.0  # what was billed: batch replies at the batch price, sync ones at standard
+    usd_at_standard: float = 0.0  # the same replies at the standard price
+
+    def add(self, usage: TokenUsage, model: str, *, batch: bool) -> None:
+        standard = reply_cost(usage, model)
+        self.usd_at_standard += standard
+        self.usd += standard * BATCH_PRICE_FACTOR if batch else standard
+        if batch:
+            self.batch_replies += 1
+        else:
+            self.sync_replies += 1
+
+
+def format_spend(spend: BatchSpend) -> str:
+    return (
+        f"cost of this run's replies (from usage metadata): ${spend.usd:.4f} "
+        f"({spend.batch_replies} at batch price, {spend.sync_replies} at standard price); "
+        f"${spend.usd_at_standard:.4f} at standard price"
+    )
+
+
+class BatchLabeler:
+    """Labels videos through batch jobs that survive the process (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: LabelerConfig,
+        api_key: str,
+        settings: BatchSettings | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.labeler = Labeler(config, api_key, seed=seed)
+        self.config = config
+        self.settings = settings or BatchSettings()
+        self.spend = BatchSpend()
+        self.state_file = config.cache_dir / "batch_state.json"
+        self._state = self._load_state()
+        self._tries: dict[tuple[str, int], int] = Counter()
+        self._tallies: dict[tuple[str, int], Tally] = {}
+        self._failures: dict[str, Failure] = {}
+        self._fresh: dict[str, LabelResult] = {}
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def label_all(self, videos: Sequence[VideoItem]) -> dict[str, LabelResult | Failure]:
+        outcomes: dict[str, LabelResult | Failure] = {}
+        asked: dict[str, Prepared] = {}  # by video id
+        todo: dict[str, Prepared] = {}  # by cache key: videos with the same bytes asked once
+        for video in videos:
+            prepared = prepare(video, self.config)
+            if isinstance(prepared, Failure):
+                outcomes[video.video_id] = prepared
+                continue
+            cached = cached_result(self.labeler.cache, prepared.key, video)
+            if cached is not None:
+                outcomes[video.video_id] = cached
+            else:
+                asked[video.video_id] = prepared
+                todo.setdefault(prepared.key, prepared)
+        for turn in (1, 2):
+            self._turn(turn, todo)
+        for video_id, prepared in asked.items():
+            outcome = self._fresh.get(prepared.key) or self._failures.get(prepared.key)
+            if outcome is None:
+                outcome = Failure(video_id, "error", "no answer and no failure", prepared.sha)
+            outcomes[video_id] = dataclasses.replace(outcome, video_id=video_id)
+        failures = {v: f.to_json() for v, f in outcomes.items() if isinstance(f, Failure)}
+        atomic.write_json(self.config.failures_file, dict(sorted(failures.items())))
+        if not self._state["jobs"] and self.config.delete_uploads:
+            self._delete_uploads()
+        return {v.video_id: outcomes[v.video_id] for v in videos}
+
+    def _turn(self, turn: int, todo: dict[str, Prepared]) -> None:
+        """Ask `turn` of every video in `todo` that needs it, re-attaching to recorded jobs."""
+        if recorded := self._jobs(turn):
+            names = ", ".join(job["name"] for job in recorded)
+            logger.info(
+                "turn %d: re-attaching to %d recorded batch job(s): %s", turn, len(recorded), names
+            )
+        while True:
+            pending = [p for p in todo.values() if self._needs(turn, p.key)]
+            held = {key for job in self._jobs(turn) for key in job["requests"]}
+            ask = [p for p in pending if p.key not in held and self._tries[p.key, turn] < self._max]
+            if self.settings.retry == "sync":
+                for prepared in [p for p in ask if self._tries[p.key, turn]]:
+                    self._ask_now(turn, prepared)
+                ask = [p for p in ask if not self._tries[p.key, turn]]
+            if ask:
+                self._submit(turn, ask)
+            jobs = self._jobs(turn)
+            if not jobs:
+                return
+            self._wait(jobs)
+
+    @property
+    def _max(self) -> int:
+        return self.settings.max_tries
+
+    def _needs(self, turn: int, key: str) -> bool:
+        if key in self._fresh or self.labeler.cache.load(key) is not None:
+            return False
+        has_first = self.labeler.cache.load(key, ".turn1") is not None
+        return not has_first if turn == 1 else has_first
+
+    def _jobs(self, turn: int) -> list[dict[str, Any]]:
+        return [job for job in self._state["jobs"] if job["turn"] == turn]
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _contents(self, turn: int, prepared: Prepared) -> list[types.Content]:
+        if prepared.size <= self.config.inline_limit_bytes:
+            data = prepared.video.path.read_bytes()
+            part = types.Part.from_bytes(data=data, mime_type=prepared.mime)
+        else:
+            part = types.Part.from_uri(file_uri=self._uploaded(prepared), mime_type=prepared.mime)
+        contents = first_turn_contents(part)
+        if turn == 2:
+            checkpoint = self.labeler.cache.load(prepared.key, ".turn1")
+            assert checkpoint is not None, "the second turn follows a checkpointed first"
+            contents = second_turn_contents(contents, checkpoint["text"])
+        return contents
+
+    def _uploaded(self, prepared: Prepared) -> str:
+        """The URI of the video's upload, uploading it (again) unless it lives long enough."""
+        entry = self._state["uploads"].get(prepared.sha)
+        if entry is not None and entry["expires"] - time.time() > self.settings.upload_margin_s:
+            return entry["uri"]
+        if entry is not None:
+            logger.info(
+                "video %s: upload %s expires soon; uploading again",
+                prepared.video.video_id,
+                entry["name"],
+            )
+        uploaded = self.labeler.upload(prepared.video.path, prepared.mime, prepared.video.video_id)
+        expires = (
+            uploaded.expiration_time.timestamp()
+            if uploaded.expiration_time
+            else time.time() + FILE_LIFETIME_S
+        )
+        self._state["uploads"][prepared.sha] = {
+            "name": uploaded.name,
+            "uri": uploaded.uri,
+            "expires": expires,
+        }
+        self._save_state()
+        return str(uploaded.uri)
+
+    def _submit(self, turn: int, ask: Sequence[Prepared]) -> None:
+        requests = [
+            types.InlinedRequest(
+                model=self.config.model,
+                contents=self._contents(turn, p),
+                config=self.labeler.generate_config,
+                metadata={"key": p.key},
+            )
+            for p in ask
+        ]
+        lines = [
+            json.dumps({"key": p.key, "request": self._rest_request(r)["request"]})
+            for p, r in zip(ask, requests, strict=True)
+        ]
+        jsonl = ("\n".join(lines) + "\n").encode("utf-8")
+        digest = hashlib.sha256(jsonl).hexdigest()[:16]
+        display_name = f"hemo-label-turn{turn}-{digest}"
+        input_file = None
+        src: Any = requests
+        if len(jsonl) > self.settings.inline_request_limit_bytes:
+            path = self.config.cache_dir / "batch_inputs" / f"{display_name}.jsonl"
+            atomic.write_bytes(path, jsonl)
+            input_file = self.labeler.upload(path, "jsonl", display_name).name
+            src = input_file
+        job = self.labeler.requests.send(
+            f"turn {turn}: batch create",
+            lambda: self.labeler.client.batches.create(
+                model=self.config.model,
+                src=src,
+                config=types.CreateBatchJobConfig(display_name=display_name),
+            ),
+        )
+        self._state["jobs"].append(
+            {
+                "name": job.name,
+                "turn": turn,
+                "input_file": input_file,
+                "submitted": datetime.datetime.now(datetime.UTC).isoformat(),
+                "requests": {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask},
+            }
+        )
+        self._save_state()
+        logger.info(
+            "turn %d: submitted %s with %d request(s) (%s, %d bytes)",
+            turn,
+            job.name,
+            len(ask),
+            "JSONL file" if input_file else "inline",
+            len(jsonl),
+        )
+
+    def _rest_request(self, request: types.InlinedRequest) -> dict[str, Any]:
+        """The request as google-genai sends it inline, for a JSONL line of the same request."""
+        api_client = self.labeler.client._api_client
+        converted = genai_batches._InlinedRequest_to_mldev(api_client, request)
+        return _common.encode_unserializable_types(_common.convert_to_dict(converted))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _wait(self, jobs: list[dict[str, Any]]) -> None:
+        """Poll `jobs` with backoff until each has ended; collect each as it ends."""
+        delay = self.settings.poll_initial_s
+        waiting = list(jobs)
+        while waiting:
+            still = []
+            for job in waiting:
+                state = self._poll(job)
+                if state is None or state.state in _DONE_STATES:
+                    self._collect(job, state)
+                else:
+                    still.append(job)
+            waiting = still
+            if waiting:
+                logger.info("%d batch job(s) running; next poll in %.0f s", len(waiting), delay)
+                time.sleep(delay)
+                delay = min(self.settings.poll_max_s, delay * self.settings.poll_multiplier)
+
+    def _poll(self, job: dict[str, Any]) -> types.BatchJob | None:
+        """The job's state; None when the API no longer knows it."""
+
+        def get() -> types.BatchJob | None:
+            try:
+                return self.labeler.client.batches.get(name=job["name"])
+            except errors.ClientError as exc:
+                if exc.code in (403, 404):
+                    return None
+                raise
+
+        try:
+            return self.labeler.requests.send(f"{job['name']}: poll", get)
+        except RequestFailed as exc:
+            raise BatchError(
+                f"cannot poll {job['name']} ({exc.reason}: {exc.detail}); rerun the same "
+                f"command to re-attach to it (recorded in {self.state_file})"
+            ) from exc
+
+    def _collect(self, job: dict[str, Any], state: types.BatchJob | None) -> None:
+        turn, requests = job["turn"], job["requests"]
+        if state is None or state.state != types.JobState.JOB_STATE_SUCCEEDED:
+            reason = "batch_lost" if state is None else _JOB_FAILURES[state.state]
+            logger.warning(
+                "%s ended %s; its %d request(s) will be asked again",
+                job["name"],
+                reason,
+                len(requests),
+            )
+            for key, info in requests.items():
+                self._failed(turn, key, info, reason, f"{job['name']}: {reason}")
+        else:
+            answers = self._answers(state)
+            for key, info in requests.items():
+                answer = answers.get(key)
+                if answer is None:
+                    self._failed(
+                        turn, key, info, "batch_missing", f"{job['name']} has no answer for it"
+                    )
+                elif answer.error is not None:
+                    self._request_error(turn, key, info, answer.error, job["name"])
+                elif answer.response is not None:
+                    self._reply(turn, key, info, answer.response, batch=True)
+        if job.get("input_file") and self.config.delete_uploads:
+            self.labeler.delete_upload(job["input_file"])
+        self._state["jobs"] = [j for j in self._state["jobs"] if j["name"] != job["name"]]
+        self._save_state()
+
+    def _answers(self, job: types.BatchJob) -> dict[str, types.InlinedResponse]:
+        """The job's answers by request key, inline or from its responses file."""
+        dest = job.dest
+        if dest is not None and dest.inlined_responses is not None:
+            return {(r.metadata or {}).get("key", ""): r for r in dest.inlined_responses}
+        if dest is None or not dest.file_name:
+            raise BatchError(f"{job.name} succeeded without inline answers or a responses file")
+        name = dest.file_name
+        data = self.labeler.requests.send(
+            f"{job.name}: download", lambda: self.labeler.client.files.download(file=name)
+        )
+        answers = {}
+        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                answers[str(item["key"])] = types.InlinedResponse(
+                    response=(
+                        types.GenerateContentResponse.model_validate(item["response"])
+                        if "response" in item
+                        else None
+                    ),
+                    error=types.JobError.model_validate(item["error"]) if "error" in item else None,
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise BatchError(f"{name} line {number}: not a keyed answer ({exc})") from exc
+        return answers
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def _tally(self, turn: int, key: str) -> Tally:
+        return self._tallies.setdefault((key, turn), Tally())
+
+    def _reply(
+        self,
+        turn: int,
+        key: str,
+        info: dict[str, Any],
+        response: types.GenerateContentResponse,
+        *,
+        batch: bool,
+    ) -> None:
+        usage = TokenUsage.of(response.usage_metadata)
+        self.spend.add(usage, self.config.model, batch=batch)
+        tally = self._tally(turn, key)
+        tally.usage += usage
+        tally.model_version = response.model_version or tally.model_version
+        try:
+            answer, text = parse_reply(response)
+        except BadReply as bad:
+            self._failed(turn, key, info, bad.reason, self.labeler.scrub(bad.detail))
+            return
+        self._accept(turn, key, info, answer, text)
+
+    def _accept(
+        self, turn: int, key: str, info: dict[str, Any], answer: prompts.LabelAnswer, text: str
+    ) -> None:
+        tally = self._tally(turn, key)
+        self._failures.pop(key, None)
+        if turn == 1:
+            usage = dataclasses.asdict(tally.usage)
+            self.labeler.cache.store(key, {"text": text, "usage": usage}, ".turn1")
+            return
+        checkpoint = self.labeler.cache.load(key, ".turn1")
+        if checkpoint is None:  # the first answer was discarded meanwhile: ask both again
+            logger.warning("video %s: first answer gone; asking again", info["video_id"])
+            return
+        first = prompts.LabelAnswer.model_validate_json(checkpoint["text"])
+        both = Tally(TokenUsage(**checkpoint["usage"]) + tally.usage, tally.model_version)
+        result = label_result(info["video_id"], info["sha"], self.config.model, first, answer, both)
+        self.labeler.cache.store(key, result.to_json())
+        self.labeler.cache.discard(key, ".turn1")
+        self._fresh[key] = result
+        logger.info(
+            "video %s: %s (confidence %.2f)", info["video_id"], answer.label, answer.confidence
+        )
+
+    def _request_error(
+        self, turn: int, key: str, info: dict[str, Any], error: types.JobError, job_name: str
+    ) -> None:
+        code = error.code or 0
+        detail = self.labeler.scrub(f"{job_name}: {code} {error.message or ''}".strip())
+        if code in (403, 404):  # most likely its uploaded video is gone: upload it again
+            self._state["uploads"].pop(info["sha"], None)
+        if code == 429:
+            reason = "rate_limited"
+        elif code in RETRYABLE_HTTP_CODES:
+            reason = "server_error"
+        else:
+            reason = "api_error"
+        self._failed(turn, key, info, reason, detail)
+
+    def _failed(self, turn: int, key: str, info: dict[str, Any], reason: str, detail: str) -> None:
+        self._tries[key, turn] += 1
+        tries = self._tries[key, turn]
+        logger.warning(
+            "video %s, turn %d: %s (try %d/%d): %s",
+            info["video_id"],
+            turn,
+            reason,
+            tries,
+            self._max,
+            detail,
+        )
+        self._failures[key] = Failure(
+            info["video_id"], reason, detail, info["sha"], tries, self._tally(turn, key).usage
+        )
+
+    def _ask_now(self, turn: int, prepared: Prepared) -> None:
+        """Retry one request through generateContent instead of another job."""
+        key = prepared.key
+        info = {"video_id": prepared.video.video_id, "sha": prepared.sha}
+        tally = self._tally(turn, key)
+        before = tally.usage
+        try:
+            answer, text = self.labeler.ask(self._contents(turn, prepared), tally, prepared.video)
+        except RequestFailed as exc:
+            self._tries[key, turn] = self._max
+            self._failures[key] = Failure(
+                prepared.video.video_id,
+                exc.reason,
+                self.labeler.scrub(exc.detail),
+                prepared.sha,
+                exc.attempts,
+                tally.usage,
+            )
+            return
+        finally:
+            spent = TokenUsage(
+                *(
+                    a - b
+                    for a, b in zip(
+                        dataclasses.astuple(tally.usage), dataclasses.astuple(before), strict=True
+                    )
+                )
+            )
+            self.spend.add(spent, self.config.model, batch=False)
+        self._accept(turn, key, info, answer, text)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"jobs": [], "uploads": {}}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BatchError(
+                f"{self.state_file}: unreadable ({exc}); it names the batch jobs already paid "
+                f"for, so it is not overwritten: fix or remove it"
+            ) from exc
+        if not isinstance(state.get("jobs"), list) or not isinstance(state.get("uploads"), dict):
+            raise BatchError(f"{self.state_file}: needs a 'jobs' list and an 'uploads' object")
+        return state
+
+    def _save_state(self) -> None:
+        atomic.write_json(self.state_file, self._state)
+
+    def _delete_uploads(self) -> None:
+        for entry in self._state["uploads"].values():
+            self.labeler.delete_upload(entry["name"])
+        self._state["uploads"] = {}
+        self._save_state()
+
+
+def label_videos(
+    videos: Iterable[VideoItem | Sequence[Any]],
+    config: LabelerConfig,
+    settings: BatchSettings | None = None,
+    *,
+    api_key: str | None = None,
+) -> tuple[dict[str, LabelResult | Failure], BatchSpend]:
+    """Label every video through batch jobs; the outcomes by video id, and what they cost."""
+    labeler = BatchLabeler(config, api_key or resolve_api_key(), settings)
+    return labeler.label_all(video_items(videos)), labeler.spend
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = BatchSettings()
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="ask through the Batch API (half price, results within 24 h); a rerun re-attaches "
+        "to the jobs of a killed one",
+    )
+    parser.add_argument(
+        "--batch-poll-initial", type=float, default=d.poll_initial_s, help="seconds"
+    )
+    parser.add_argument("--batch-poll-max", type=float, default=d.poll_max_s, help="seconds")
+    parser.add_argument(
+        "--batch-max-tries", type=int, default=d.max_tries, help="per request and turn"
+    )
+    parser.add_argument(
+        "--batch-retry",
+        choices=RETRY_MODES,
+        default=d.retry,
+        help="retry failed requests in another job (batch) or at once at standard price (sync)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> BatchSettings:
+    return BatchSettings(
+        poll_initial_s=args.batch_poll_initial,
+        poll_max_s=args.batch_poll_max,
+        max_tries=args.batch_max_tries,
+        retry=args.batch_retry,
+    )

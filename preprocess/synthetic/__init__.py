@@ -1,0 +1,1 @@
+"""Synthetic data and the simulated vision-language model for offline runs and tests."""

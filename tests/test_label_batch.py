@@ -1,0 +1,258 @@
+"""preprocess.labeling.batch: both turns as Batch API jobs, through the real google-genai
+client, against the simulated VLM's batch endpoints (inline and JSONL jobs, partial failures,
+expired and failed jobs, expired uploads, cost, and a killed run that re-attaches)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from labeling import KEY, config, make_videos, sha, truth_of, write_real_video
+
+from preprocess import vlm_oracle, vlm_sim
+from preprocess.label_config import LabelerConfig
+from preprocess.label_cost import BATCH_PRICE_FACTOR, format_plan, plan_videos
+from preprocess.label_results import Failure, LabelResult, VideoItem
+from preprocess.labeling import batch
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01)
+
+
+def run_batch(items, cfg, settings=QUICK):
+    return batch.label_videos(items, cfg, settings, api_key=KEY)
+
+
+def creates(sim: vlm_sim.SimulatedVLM, turn: int) -> int:
+    return sum(r.kind == "batch_create" and r.turn == turn for r in sim.log)
+
+
+def asked(sim: vlm_sim.SimulatedVLM, video_sha: str) -> list[int]:
+    """Batch requests answered for (turn 1, turn 2) of one video."""
+    records = [r for r in sim.log if r.kind == "batch_request" and r.video_sha == video_sha]
+    return [sum(r.turn == t for r in records) for t in (1, 2)]
+
+
+def test_two_jobs_label_every_video_at_half_price(tmp_path):
+    items = make_videos(tmp_path / "v", 4)
+    with vlm_sim.SimulatedVLM(truth_of(items), accuracy=1.0, api_key=KEY) as sim:
+        sim.batches.polls_until_done = 2
+        results, spend = run_batch(items, config(tmp_path, sim))
+        assert (creates(sim, 1), creates(sim, 2)) == (1, 1)
+        assert all(asked(sim, sha(v)) == [1, 1] for v in items)
+        assert not [r for r in sim.log if r.kind in ("generate", "upload_start")]
+    for item in items:
+        result = results[item.video_id]
+        assert isinstance(result, LabelResult) and not result.from_cache
+        assert result.pseudo_label == item.label  # accuracy 1.0
+        assert result.model_version == "simulated-vlm"
+        assert result.usage.prompt > 0 and result.usage.thoughts > 0
+    assert spend.batch_replies == 8 and spend.sync_replies == 0
+    assert spend.usd == pytest.approx(BATCH_PRICE_FACTOR * spend.usd_at_standard)
+    assert spend.usd > 0
+    state = json.loads((tmp_path / "cache" / "batch_state.json").read_text())
+    assert state == {"jobs": [], "uploads": {}}
+
+    # Everything is cached now: a rerun submits nothing.
+    with vlm_sim.SimulatedVLM(api_key=KEY) as sim:
+        again, spend = run_batch(items, config(tmp_path, sim))
+        assert sim.log == []
+    assert all(r.from_cache for r in again.values()) and spend.usd == 0
+
+
+def test_a_job_too_large_to_send_inline_goes_as_a_jsonl_file(tmp_path):
+    items = make_videos(tmp_path / "v", 3, size=4096)
+    settings = batch.BatchSettings(
+        poll_initial_s=0.001, poll_max_s=0.01, inline_request_limit_bytes=5000
+    )
+    with vlm_sim.SimulatedVLM(truth_of(items), accuracy=1.0, api_key=KEY) as sim:
+        # One video over the labeler's inline limit: referenced by its upload's URI.
+        cfg = config(tmp_path, sim, inline_limit_bytes=4097)
+        results, _ = run_batch(items, cfg, settings)
+        log = sim.log
+    kinds = [r.kind for r in log]
+    assert kinds.count("batch_create") == 2
+    assert kinds.count("file_download") == 2  # each job's responses file
+    assert kinds.count("upload_start") == 1 + 2  # the large video, then each job's JSONL
+    # Uploaded inputs and the video are deleted once the labels are in.
+    assert kinds.count("file_delete") == 3
+    sources = {r.video_sha: r.video_source for r in log if r.kind == "batch_request"}
+    assert sorted(sources.values()) == ["file", "inline", "inline"]
+    assert sources[sha(items[2])] == "file"
+    assert all(results[v.video_id].pseudo_label == v.label for v in items)
+
+
+def test_failed_requests_are_asked_again_in_the_next_job(tmp_path):
+    items = make_videos(tmp_path / "v", 3)
+    plan = vlm_oracle.FaultPlan(
+        by_video={sha(items[0]): ["429"], sha(items[1]): ["ok", "malformed", "schema"]}
+    )
+    with vlm_sim.SimulatedVLM(truth_of(items), faults=plan, api_key=KEY) as sim:
+        results, spend = run_batch(items, config(tmp_path, sim))
+        assert (creates(sim, 1), creates(sim, 2)) == (2, 3)
+        assert asked(sim, sha(items[0])) == [2, 1]
+        assert asked(sim, sha(items[1])) == [1, 3]
+        assert asked(sim, sha(items[2])) == [1, 1]
+    assert all(isinstance(r, LabelResult) for r in results.values())
+    # The bad replies were paid for and are counted; the 429 had no reply.
+    assert spend.batch_replies == 2 * 3 + 2
+    assert json.loads((tmp_path / "cache" / "failures.json").read_text()) == {}
+
+
+def test_a_request_that_keeps_failing_is_a_failure_after_max_tries(tmp_path):
+    items = make_videos(tmp_path / "v", 2)
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["500"] * 5})
+    settings = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01, max_tries=2)
+    with vlm_sim.SimulatedVLM(truth_of(items), faults=plan, api_key=KEY) as sim:
+        cfg = config(tmp_path, sim)
+        results, _ = run_batch(items, cfg, settings)
+        assert asked(sim, sha(items[0])) == [2, 0]
+    failure = results[items[0].video_id]
+    assert isinstance(failure, Failure)
+    assert (failure.reason, failure.attempts, failure.video_sha256) == (
+        "server_error",
+        2,
+        sha(items[0]),
+    )
+    assert isinstance(results[items[1].video_id], LabelResult)
+    assert list(json.loads(cfg.failures_file.read_text())) == [items[0].video_id]
+
+
+def test_sync_retry_sends_failed_requests_through_generate_content(tmp_path):
+    items = make_videos(tmp_path / "v", 2)
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["503"]})
+    settings = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01, retry="sync")
+    with vlm_sim.SimulatedVLM(truth_of(items), faults=plan, api_key=KEY) as sim:
+        results, spend = run_batch(items, config(tmp_path, sim), settings)
+        assert (creates(sim, 1), creates(sim, 2)) == (1, 1)
+        generated = [r for r in sim.log if r.kind == "generate"]
+        assert [(r.video_sha, r.turn) for r in generated] == [(sha(items[0]), 1)]
+    assert all(isinstance(r, LabelResult) for r in results.values())
+    assert (spend.batch_replies, spend.sync_replies) == (3, 1)
+    assert spend.usd_at_standard > spend.usd > BATCH_PRICE_FACTOR * spend.usd_at_standard
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("expire", "batch_expired"), ("fail", "batch_failed")]
+)
+def test_expired_and_failed_jobs_are_submitted_again(tmp_path, fault, reason):
+    items = make_videos(tmp_path / "v", 2)
+    with vlm_sim.SimulatedVLM(truth_of(items), api_key=KEY) as sim:
+        sim.batches.job_faults = [fault]
+        results, _ = run_batch(items, config(tmp_path, sim))
+        assert (creates(sim, 1), creates(sim, 2)) == (2, 1)
+        assert all(asked(sim, sha(v)) == [1, 1] for v in items)  # the lost job answered none
+    assert all(isinstance(r, LabelResult) for r in results.values())
+
+    # With one try per turn, the job's end is the videos' failure.
+    with vlm_sim.SimulatedVLM(api_key=KEY) as sim:
+        sim.batches.job_faults = [fault]
+        settings = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01, max_tries=1)
+        failed, _ = run_batch(items, config(tmp_path / "other", sim), settings)
+    assert {f.reason for f in failed.values()} == {reason}
+
+
+def test_an_expired_upload_is_uploaded_again(tmp_path):
+    items = make_videos(tmp_path / "v", 1, size=4096)
+    with vlm_sim.SimulatedVLM(truth_of(items), api_key=KEY) as sim:
+        cfg = config(tmp_path, sim, inline_limit_bytes=1000, delete_uploads=False)
+        # First run: the job fails, the upload stays recorded; then the file expires.
+        sim.batches.job_faults = ["fail"]
+        settings = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01, max_tries=1)
+        (failure,) = run_batch(items, cfg, settings)[0].values()
+        assert failure.reason == "batch_failed"
+        assert sim.batches.expire_files()
+        # Second run: the request finds its video gone (403), the retry uploads it again.
+        (result,) = run_batch(items, cfg)[0].values()
+        uploads = sum(r.kind == "upload_start" for r in sim.log)
+        gone = [r for r in sim.log if r.kind == "batch_request" and r.status == 403]
+    assert isinstance(result, LabelResult)
+    assert (uploads, len(gone)) == (2, 1)
+
+
+def test_an_upload_too_close_to_its_expiry_is_replaced_before_a_job_uses_it(tmp_path):
+    items = make_videos(tmp_path / "v", 1, size=4096)
+    # A margin longer than a file's 48 hours: every job needs a fresh upload.
+    settings = batch.BatchSettings(
+        poll_initial_s=0.001, poll_max_s=0.01, upload_margin_s=batch.FILE_LIFETIME_S + 1
+    )
+    with vlm_sim.SimulatedVLM(truth_of(items), api_key=KEY) as sim:
+        (result,) = run_batch(items, config(tmp_path, sim, inline_limit_bytes=1000), settings)[
+            0
+        ].values()
+        uploads = sum(r.kind == "upload_start" for r in sim.log)
+    assert isinstance(result, LabelResult)
+    assert uploads == 2  # one per turn's job
+
+
+def test_dry_run_prices_the_batch_at_half_the_standard_price(tmp_path):
+    video = tmp_path / "clip.mp4"
+    write_real_video(video, seconds=3.0)
+    settings = LabelerConfig(cache_dir=tmp_path / "cache")
+    plans = plan_videos([VideoItem("clip", video)], settings)
+    text = format_plan(plans, settings)
+    standard = sum(p.cost_usd for p in plans)
+    assert standard > 0
+    assert f"ESTIMATED at batch price (--batch, 50% of standard): ${standard / 2:.2f}" in text
+
+
+def _label_command(videos: Path, cache: Path, sim: vlm_sim.SimulatedVLM) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "preprocess",
+        "label",
+        "--batch",
+        "--videos",
+        str(videos),
+        "--cache-dir",
+        str(cache),
+        "--base-url",
+        sim.base_url,
+        "--batch-poll-initial",
+        "0.05",
+        "--batch-poll-max",
+        "0.1",
+    ]
+
+
+def test_a_killed_run_re_attaches_to_its_jobs_and_submits_nothing_new(tmp_path):
+    items = make_videos(tmp_path / "v", 3)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "GOOGLE_API_KEY": KEY, "PYTHONPATH": str(REPO)}
+    with vlm_sim.SimulatedVLM(truth_of(items), accuracy=1.0, api_key=KEY) as sim:
+        sim.batches.hold = True  # the first job stays RUNNING: the command waits on it
+        command = _label_command(tmp_path / "v", cache, sim)
+        first = subprocess.Popen(
+            command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not any(r.kind == "batch_get" for r in sim.log):
+                assert first.poll() is None, first.stdout.read().decode()
+                assert time.monotonic() < deadline, "the command never polled its job"
+                time.sleep(0.02)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        recorded = json.loads((cache / "batch_state.json").read_text())["jobs"]
+        assert [j["turn"] for j in recorded] == [1] and len(recorded[0]["requests"]) == 3
+        assert creates(sim, 1) == 1 and not any(r.kind == "batch_request" for r in sim.log)
+
+        sim.batches.release()
+        rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        # The rerun polled the recorded job instead of submitting the first turn again.
+        assert creates(sim, 1) == 1 and creates(sim, 2) == 1
+        assert all(asked(sim, sha(v)) == [1, 1] for v in items)
+    assert "re-attaching to 1 recorded batch job(s)" in rerun.stderr
+    labels = json.loads((cache / "labels.json").read_text())
+    assert {v: r["status"] for v, r in labels.items()} == {v.video_id: "labelled" for v in items}
+    assert all(labels[v.video_id]["pseudo_label"] == v.label for v in items)
+    assert "at batch price" in rerun.stdout
