@@ -89,6 +89,7 @@ from preprocess.label_config import LabelerConfig, resolve_api_key
 from preprocess.label_results import Failure, LabelResult, VideoItem, summarize
 from preprocess.label_results import format_summary as format_label_summary
 from preprocess.labeler import Labeler
+from preprocess.labeling.batch import BatchLabeler
 from preprocess.openpose import OpenPoseError
 from preprocess.shards import write_videos
 from preprocess.video import VideoError
@@ -97,7 +98,7 @@ log = logging.getLogger(__name__)
 
 CORPORA = ("imigue", "synthetic")  # also the records' `source`
 DEFAULT_DETECTOR = {"imigue": "yolo", "synthetic": "keypoints"}
-LABELERS = ("gemini", "none")
+LABELERS = ("gemini", "gemini-batch", "none")
 STATUS_FILE = "preprocess_status.json"
 OPENPOSE_SUBDIR = "openpose"  # JSON folders the OpenPose binary writes, under out
 LABEL_CACHE_SUBDIR = "label_cache"
@@ -173,7 +174,7 @@ class RunConfig:
         }
         if self.detector_name == "yolo":
             settings["yolo_weights"] = Path(self.yolo_weights).name
-        if self.labeler == "gemini":
+        if self.labeler != "none":
             label = self.label_settings
             settings["labeler_model"] = label.model
             settings["labeler_endpoint"] = label.endpoint
@@ -356,12 +357,19 @@ class _Labels:
             return
         settings = config.label_settings
         # A missing key is a setting to fix, found before any work is done.
-        labeler = Labeler(settings, resolve_api_key())
+        key = resolve_api_key()
         # More threads than request slots, so hashing and reading the next videos overlaps
         # the requests in flight; the labeler's semaphore keeps requests at `concurrency`.
         self._pool = concurrent.futures.ThreadPoolExecutor(
             2 * settings.concurrency, thread_name_prefix="label"
         )
+        if config.labeler == "gemini-batch":  # every label comes from the same batch jobs
+            jobs = self._pool.submit(BatchLabeler(settings, key).label_all, self.items)
+            for item in self.items:
+                vid = item.video_id
+                self._futures[vid] = self._pool.submit(lambda v=vid: jobs.result()[v])
+            return
+        labeler = Labeler(settings, key)
         for item in self.items:
             self._futures[item.video_id] = self._pool.submit(labeler.label_one, item)
 

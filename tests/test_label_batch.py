@@ -4,6 +4,7 @@ expired and failed jobs, expired uploads, cost, and a killed run that re-attache
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,11 +16,16 @@ from pathlib import Path
 import pytest
 from labeling import KEY, config, make_videos, sha, truth_of, write_real_video
 
+from hemo_jax.contract.shards import open_shards
+from preprocess import run as preprocess_run
 from preprocess import vlm_oracle, vlm_sim
+from preprocess.__main__ import main as preprocess_main
+from preprocess.imigue import CorpusLayout, build_manifest
 from preprocess.label_config import LabelerConfig
 from preprocess.label_cost import BATCH_PRICE_FACTOR, format_plan, plan_videos
 from preprocess.label_results import Failure, LabelResult, VideoItem
 from preprocess.labeling import batch
+from preprocess.synth import SynthConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = batch.BatchSettings(poll_initial_s=0.001, poll_max_s=0.01)
@@ -256,3 +262,24 @@ def test_a_killed_run_re_attaches_to_its_jobs_and_submits_nothing_new(tmp_path):
     assert {v: r["status"] for v, r in labels.items()} == {v.video_id: "labelled" for v in items}
     assert all(labels[v.video_id]["pseudo_label"] == v.label for v in items)
     assert "at batch price" in rerun.stdout
+
+
+def test_run_with_the_batch_labeler_labels_the_corpus_from_two_jobs(tmp_path, monkeypatch):
+    root, out = tmp_path / "corpus", tmp_path / "shards"
+    synth = SynthConfig(videos=3, fps=10, width=160, height=120, min_seconds=1, max_seconds=1)
+    write_corpus(synth, root)
+    rows = build_manifest(CorpusLayout(root))
+    truth = vlm_oracle.truth_for_videos([(r.video_path, r.label) for r in rows])
+    monkeypatch.setenv("GOOGLE_API_KEY", KEY)
+    quick = functools.partial(batch.BatchLabeler, settings=QUICK)
+    monkeypatch.setattr(preprocess_run, "BatchLabeler", quick)
+    with vlm_sim.SimulatedVLM(truth, accuracy=1.0, api_key=KEY) as sim:
+        command = ["run", "--corpus", "synthetic", "--root", str(root), "--out", str(out)]
+        command += ["--no-progress", "--labeler", "gemini-batch", "--base-url", sim.base_url]
+        assert preprocess_main(command) == 0
+        assert (creates(sim, 1), creates(sim, 2)) == (1, 1)
+        assert not any(r.kind == "generate" for r in sim.log)
+    shards = open_shards(out)
+    labels = {r.video_id: (r.pseudo_label, r.label) for r in shards.records()}
+    shards.close()
+    assert len(labels) == 3 and all(p == t for p, t in labels.values())
