@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from google.genai import batches as genai_batches
 from labeling import KEY, config, make_videos, sha, truth_of, write_real_video
 
 from hemo_jax.contract.shards import open_shards
@@ -206,6 +207,28 @@ def test_dry_run_prices_the_batch_at_half_the_standard_price(tmp_path):
     standard = sum(p.cost_usd for p in plans)
     assert standard > 0
     assert f"ESTIMATED at batch price (--batch, 50% of standard): ${standard / 2:.2f}" in text
+
+
+def test_a_run_stopped_before_it_learns_its_job_finds_the_job_by_name(tmp_path, monkeypatch):
+    items = make_videos(tmp_path / "v", 2)
+    create = genai_batches.Batches.create
+
+    def create_then_stop(self, **kwargs):
+        create(self, **kwargs)  # the API has the job; its name never reaches the state file
+        raise KeyboardInterrupt
+
+    with vlm_sim.SimulatedVLM(truth_of(items), api_key=KEY) as sim:
+        cfg = config(tmp_path, sim)
+        monkeypatch.setattr(genai_batches.Batches, "create", create_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_batch(items, cfg)
+        monkeypatch.undo()
+        assert json.loads((cfg.cache_dir / "batch_state.json").read_text())["jobs"] == []
+        results, _ = run_batch(items, cfg)
+        assert (creates(sim, 1), creates(sim, 2)) == (1, 1)
+        assert any(r.kind == "batch_list" for r in sim.log)
+        assert all(asked(sim, sha(v)) == [1, 1] for v in items)
+    assert all(isinstance(r, LabelResult) for r in results.values())
 
 
 def _label_command(videos: Path, cache: Path, sim: vlm_sim.SimulatedVLM) -> list[str]:

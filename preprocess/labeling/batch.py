@@ -16,7 +16,10 @@ rounds of batch jobs instead of one conversation per video:
   labeler's `inline_limit_bytes`, otherwise as an uploaded file.
 - Every job is recorded in the state file (`CACHE_DIR/batch_state.json`, written atomically)
   as soon as it is created, with the requests it holds. A rerun of a killed command re-attaches
-  to the recorded jobs and submits only requests no job holds: nothing is paid twice.
+  to the recorded jobs and submits only requests no job holds: nothing is paid twice. The
+  submission is recorded before the create request, under a display name derived from the
+  requests; a run stopped before it learned the job's name (and a create retried after a
+  time-out) finds the job by that name in the job list instead of creating it again.
 - Jobs are polled with exponential backoff (`poll_initial_s` growing by `poll_multiplier` up
   to `poll_max_s`); transient polling errors are retried by `label_retry`.
 - A request that failed (its own error, a bad reply, or a job that ended EXPIRED, FAILED or
@@ -164,6 +167,7 @@ class BatchLabeler:
     # -- the run -----------------------------------------------------------------------------
 
     def label_all(self, videos: Sequence[VideoItem]) -> dict[str, LabelResult | Failure]:
+        self._recover_submission()
         outcomes: dict[str, LabelResult | Failure] = {}
         asked: dict[str, Prepared] = {}  # by video id
         todo: dict[str, Prepared] = {}  # by cache key: videos with the same bytes asked once
@@ -290,24 +294,31 @@ class BatchLabeler:
             atomic.write_bytes(path, jsonl)
             input_file = self.labeler.upload(path, "jsonl", display_name).name
             src = input_file
-        job = self.labeler.requests.send(
-            f"turn {turn}: batch create",
-            lambda: self.labeler.client.batches.create(
+        # Recorded before the job exists: a run killed before it learns the job's name finds
+        # the job by this display name (see `_recover_submission`).
+        self._state["submitting"] = {
+            "display_name": display_name,
+            "turn": turn,
+            "input_file": input_file,
+            "requests": {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask},
+        }
+        self._save_state()
+        tried = False
+
+        def create() -> types.BatchJob:
+            nonlocal tried
+            # A create that timed out may have reached the API: look before creating again.
+            if tried and (created := self._find_job(display_name)) is not None:
+                return created
+            tried = True
+            return self.labeler.client.batches.create(
                 model=self.config.model,
                 src=src,
                 config=types.CreateBatchJobConfig(display_name=display_name),
-            ),
-        )
-        self._state["jobs"].append(
-            {
-                "name": job.name,
-                "turn": turn,
-                "input_file": input_file,
-                "submitted": datetime.datetime.now(datetime.UTC).isoformat(),
-                "requests": {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask},
-            }
-        )
-        self._save_state()
+            )
+
+        job = self.labeler.requests.send(f"turn {turn}: batch create", create)
+        self._record_job(str(job.name))
         logger.info(
             "turn %d: submitted %s with %d request(s) (%s, %d bytes)",
             turn,
@@ -316,6 +327,43 @@ class BatchLabeler:
             "JSONL file" if input_file else "inline",
             len(jsonl),
         )
+
+    def _record_job(self, name: str) -> None:
+        """The submission in progress is job `name` now."""
+        submitted = self._state.pop("submitting")
+        del submitted["display_name"]
+        submitted["name"] = name
+        submitted["submitted"] = datetime.datetime.now(datetime.UTC).isoformat()
+        self._state["jobs"].append(submitted)
+        self._save_state()
+
+    def _find_job(self, display_name: str) -> types.BatchJob | None:
+        """The job of that display name, if the API has one."""
+        return self.labeler.requests.send(
+            f"find batch {display_name}",
+            lambda: next(
+                (
+                    job
+                    for job in self.labeler.client.batches.list(config={"page_size": 100})
+                    if job.display_name == display_name
+                ),
+                None,
+            ),
+        )
+
+    def _recover_submission(self) -> None:
+        """A run killed while creating a job: re-attach to the job if the API made it."""
+        submitting = self._state.get("submitting")
+        if submitting is None:
+            return
+        job = self._find_job(submitting["display_name"])
+        if job is not None:
+            logger.info("found %s, created by a run that was stopped", job.name)
+            self._record_job(str(job.name))
+        else:
+            logger.info("%s was never created", submitting["display_name"])
+            del self._state["submitting"]
+            self._save_state()
 
     def _rest_request(self, request: types.InlinedRequest) -> dict[str, Any]:
         """The request as google-genai sends it inline, for a JSONL line of the same request."""

@@ -7,6 +7,7 @@ Developer API, so the batch labeler runs unchanged against it:
   `requests.requests` (inline: `{request, metadata}` items) or `fileName` (a JSONL file
   uploaded through the Files API, one `{"key", "request"}` per line) -> the job as a
   long-running operation `{name: "batches/ID", metadata: {state, output, ...}}`;
+- `GET /v1beta/batches`: every job, newest first, in one page;
 - `GET /v1beta/batches/{id}`: PENDING, then RUNNING for `polls_until_done` polls, then a final
   state. Inline jobs answer in `output.inlinedResponses.inlinedResponses` (`{response |
   error, metadata}`, in request order); file jobs in `output.responsesFile`, a generated file
@@ -21,7 +22,7 @@ faults (`FaultPlan`) as generateContent: `429`/`500`/`503` become that request's
 that outlived the 24-hour window) or `fail` (FAILED). `hold` keeps every job RUNNING until
 `release()`, so a test can stop a client between submitting and collecting.
 
-Requests are logged like the rest of the server (kinds `batch_create`, `batch_get`,
+Requests are logged like the rest of the server (kinds `batch_create`, `batch_list`, `batch_get`,
 `file_download`, and one `batch_request` per answered request with its video and turn).
 """
 
@@ -43,6 +44,7 @@ from preprocess.vlm_oracle import sha256_bytes
 JOB_FAULTS = ("ok", "expire", "fail")
 
 _CREATE_PATH = re.compile(r"^/v1beta/models/([^/:]+):batchGenerateContent$")
+_LIST_PATH = "/v1beta/batches"
 _GET_PATH = re.compile(r"^/v1beta/batches/([^/:]+)$")
 _DOWNLOAD_PATH = re.compile(r"^/v1beta/files/([^/:]+):download$")
 _BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch"
@@ -102,6 +104,11 @@ class BatchService:
             record.kind = "batch_create"
             job = self._create(match.group(1), _body(handler), record)
             vlm_sim._send_json(handler, 200, self._operation(job))
+        elif method == "GET" and path == _LIST_PATH:
+            record.kind = "batch_list"
+            with self._lock:
+                jobs = list(self._jobs.values())[::-1]  # newest first, one page
+            vlm_sim._send_json(handler, 200, {"operations": [self._operation(j) for j in jobs]})
         elif method == "GET" and (match := _GET_PATH.match(path)):
             record.kind = "batch_get"
             vlm_sim._send_json(handler, 200, self._operation(self._poll(match.group(1))))
