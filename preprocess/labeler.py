@@ -184,11 +184,11 @@ class Labeler:
                 first = prompts.LabelAnswer.model_validate_json(first_text)
                 tally.usage += TokenUsage(**checkpoint["usage"])
             else:
-                first, first_text = self.ask(first_turn, tally, video)
+                first, first_text = self._ask(first_turn, tally, video)
                 self.cache.store(
                     key, {"text": first_text, "usage": dataclasses.asdict(tally.usage)}, ".turn1"
                 )
-            final, _ = self.ask(second_turn_contents(first_turn, first_text), tally, video)
+            final, _ = self._ask(second_turn_contents(first_turn, first_text), tally, video)
         except RequestFailed as exc:
             return Failure(
                 video.video_id, exc.reason, self.scrub(exc.detail), sha, exc.attempts, tally.usage
@@ -203,7 +203,7 @@ class Labeler:
         logger.info("video %s: %s (confidence %.2f)", video.video_id, final.label, final.confidence)
         return result
 
-    def ask(
+    def _ask(
         self, contents: list[types.Content], tally: Tally, video: VideoItem
     ) -> tuple[prompts.LabelAnswer, str]:
         """One turn: the validated answer and its text; `RequestFailed` if it stays bad."""

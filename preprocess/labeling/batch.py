@@ -270,16 +270,30 @@ class BatchLabeler:
         self._save_state()
         return str(uploaded.uri)
 
-    def _submit(self, turn: int, ask: Sequence[Prepared]) -> None:
-        requests = [
-            types.InlinedRequest(
-                model=self.config.model,
-                contents=self._contents(turn, p),
-                config=self.labeler.generate_config,
-                metadata={"key": p.key},
+    def _submit(self, turn: int, candidates: Sequence[Prepared]) -> None:
+        ask, requests = [], []
+        for p in candidates:
+            info = {"video_id": p.video.video_id, "sha": p.sha}
+            try:
+                contents = self._contents(turn, p)
+            except RequestFailed as exc:  # its upload failed, after retries
+                detail = self.labeler.scrub(exc.detail)
+                self._failed(turn, p.key, info, exc.reason, detail, final=True)
+                continue
+            except OSError as exc:  # gone since it was hashed
+                detail = f"{p.video.path}: {exc}"
+                self._failed(turn, p.key, info, "unreadable", detail, final=True)
+                continue
+            config = self.labeler.generate_config
+            metadata = {"key": p.key}
+            ask.append(p)
+            requests.append(
+                types.InlinedRequest(
+                    model=self.config.model, contents=contents, config=config, metadata=metadata
+                )
             )
-            for p in ask
-        ]
+        if not ask:
+            return
         lines = [
             json.dumps({"key": p.key, "request": self._rest_request(r)["request"]})
             for p, r in zip(ask, requests, strict=True)
@@ -434,6 +448,8 @@ class BatchLabeler:
                     self._request_error(turn, key, info, answer.error, job["name"])
                 elif answer.response is not None:
                     self._reply(turn, key, info, answer.response, batch=True)
+                else:
+                    self._failed(turn, key, info, "empty", f"{job['name']}: an empty answer")
         if job.get("input_file") and self.config.delete_uploads:
             self.labeler.delete_upload(job["input_file"])
         self._state["jobs"] = [j for j in self._state["jobs"] if j["name"] != job["name"]]
@@ -504,8 +520,8 @@ class BatchLabeler:
             self.labeler.cache.store(key, {"text": text, "usage": usage}, ".turn1")
             return
         checkpoint = self.labeler.cache.load(key, ".turn1")
-        if checkpoint is None:  # the first answer was discarded meanwhile: ask both again
-            logger.warning("video %s: first answer gone; asking again", info["video_id"])
+        if checkpoint is None:  # the first answer was discarded meanwhile
+            self._failed(turn, key, info, "error", "the first answer is gone; a rerun asks again")
             return
         first = prompts.LabelAnswer.model_validate_json(checkpoint["text"])
         both = Tally(TokenUsage(**checkpoint["usage"]) + tally.usage, tally.model_version)
@@ -532,9 +548,19 @@ class BatchLabeler:
             reason = "api_error"
         self._failed(turn, key, info, reason, detail)
 
-    def _failed(self, turn: int, key: str, info: dict[str, Any], reason: str, detail: str) -> None:
-        self._tries[key, turn] += 1
-        tries = self._tries[key, turn]
+    def _failed(
+        self,
+        turn: int,
+        key: str,
+        info: dict[str, Any],
+        reason: str,
+        detail: str,
+        *,
+        final: bool = False,
+    ) -> None:
+        """One failed try of the request; `final`: no more tries in this run."""
+        tries = self._max if final else self._tries[key, turn] + 1
+        self._tries[key, turn] = tries
         logger.warning(
             "video %s, turn %d: %s (try %d/%d): %s",
             info["video_id"],
@@ -549,35 +575,20 @@ class BatchLabeler:
         )
 
     def _ask_now(self, turn: int, prepared: Prepared) -> None:
-        """Retry one request through generateContent instead of another job."""
-        key = prepared.key
+        """Retry one request through generateContent (standard price) instead of another job."""
         info = {"video_id": prepared.video.video_id, "sha": prepared.sha}
-        tally = self._tally(turn, key)
-        before = tally.usage
         try:
-            answer, text = self.labeler.ask(self._contents(turn, prepared), tally, prepared.video)
+            contents = self._contents(turn, prepared)
+            response = self.labeler.requests.send(
+                f"video {prepared.video.video_id}: generateContent",
+                lambda: self.labeler.client.models.generate_content(
+                    model=self.config.model, contents=contents, config=self.labeler.generate_config
+                ),
+            )
         except RequestFailed as exc:
-            self._tries[key, turn] = self._max
-            self._failures[key] = Failure(
-                prepared.video.video_id,
-                exc.reason,
-                self.labeler.scrub(exc.detail),
-                prepared.sha,
-                exc.attempts,
-                tally.usage,
-            )
+            self._failed(turn, prepared.key, info, exc.reason, self.labeler.scrub(exc.detail))
             return
-        finally:
-            spent = TokenUsage(
-                *(
-                    a - b
-                    for a, b in zip(
-                        dataclasses.astuple(tally.usage), dataclasses.astuple(before), strict=True
-                    )
-                )
-            )
-            self.spend.add(spent, self.config.model, batch=False)
-        self._accept(turn, key, info, answer, text)
+        self._reply(turn, prepared.key, info, response, batch=False)
 
     # -- state -------------------------------------------------------------------------------
 
