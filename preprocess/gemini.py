@@ -145,7 +145,11 @@ def main(args: argparse.Namespace) -> int:
         print(format_plan(plan_videos(videos, config), config))
         return 0
     if args.batch:
-        results, spend = batch.label_videos(videos, config, batch.settings_from_args(args))
+        try:
+            results, spend = batch.label_videos(videos, config, batch.settings_from_args(args))
+        except batch.BatchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(batch.format_spend(spend))
     else:
         results = label_videos(videos, config)

@@ -306,3 +306,27 @@ def test_run_with_the_batch_labeler_labels_the_corpus_from_two_jobs(tmp_path, mo
     labels = {r.video_id: (r.pseudo_label, r.label) for r in shards.records()}
     shards.close()
     assert len(labels) == 3 and all(p == t for p, t in labels.values())
+
+
+def test_jobs_are_polled_with_growing_delays_up_to_the_maximum(tmp_path, monkeypatch):
+    items = make_videos(tmp_path / "v", 1)
+    delays = []
+    monkeypatch.setattr(batch.time, "sleep", delays.append)
+    settings = batch.BatchSettings(poll_initial_s=1.0, poll_max_s=3.0, poll_multiplier=2.0)
+    with vlm_sim.SimulatedVLM(api_key=KEY) as sim:
+        sim.batches.polls_until_done = 4
+        run_batch(items, config(tmp_path, sim), settings)
+    # Per turn: PENDING -> RUNNING, then 4 polls RUNNING; a wait between each two polls.
+    assert delays == [1.0, 2.0, 3.0, 3.0] * 2
+
+
+def test_a_state_file_that_cannot_be_read_stops_the_run_and_is_kept(tmp_path):
+    items = make_videos(tmp_path / "v", 1)
+    state = tmp_path / "cache" / "batch_state.json"
+    state.parent.mkdir()
+    state.write_text("{not json")
+    with vlm_sim.SimulatedVLM(api_key=KEY) as sim:
+        with pytest.raises(batch.BatchError, match="batch_state.json"):
+            run_batch(items, config(tmp_path, sim))
+        assert sim.log == []
+    assert state.read_text() == "{not json"
