@@ -36,8 +36,12 @@ def run_batch(items, cfg, settings=QUICK):
     return batch.label_videos(items, cfg, settings, api_key=KEY)
 
 
+def creates_in(log: list[vlm_sim.RequestRecord], turn: int) -> int:
+    return sum(r.kind == "batch_create" and r.turn == turn for r in log)
+
+
 def creates(sim: vlm_sim.SimulatedVLM, turn: int) -> int:
-    return sum(r.kind == "batch_create" and r.turn == turn for r in sim.log)
+    return creates_in(sim.log, turn)
 
 
 def asked(sim: vlm_sim.SimulatedVLM, video_sha: str) -> list[int]:
@@ -78,17 +82,18 @@ def test_a_job_too_large_to_send_inline_goes_as_a_jsonl_file(tmp_path):
     settings = batch.BatchSettings(
         poll_initial_s=0.001, poll_max_s=0.01, inline_request_limit_bytes=5000
     )
-    with vlm_sim.SimulatedVLM(truth_of(items), accuracy=1.0, api_key=KEY) as sim:
+    plan = vlm_oracle.FaultPlan(by_video={sha(items[0]): ["500"]})  # an error line in the file
+    with vlm_sim.SimulatedVLM(truth_of(items), accuracy=1.0, faults=plan, api_key=KEY) as sim:
         # One video over the labeler's inline limit: referenced by its upload's URI.
         cfg = config(tmp_path, sim, inline_limit_bytes=4097)
         results, _ = run_batch(items, cfg, settings)
         log = sim.log
     kinds = [r.kind for r in log]
-    assert kinds.count("batch_create") == 2
-    assert kinds.count("file_download") == 2  # each job's responses file
-    assert kinds.count("upload_start") == 1 + 2  # the large video, then each job's JSONL
+    assert (creates_in(log, 1), creates_in(log, 2)) == (2, 1)  # the 500 asked again
+    assert kinds.count("file_download") == 3  # each job's responses file
+    assert kinds.count("upload_start") == 1 + 3  # the large video, then each job's JSONL
     # Uploaded inputs and the video are deleted once the labels are in.
-    assert kinds.count("file_delete") == 3
+    assert kinds.count("file_delete") == 4
     sources = {r.video_sha: r.video_source for r in log if r.kind == "batch_request"}
     assert sorted(sources.values()) == ["file", "inline", "inline"]
     assert sources[sha(items[2])] == "file"

@@ -437,7 +437,7 @@ class BatchLabeler:
             for key, info in requests.items():
                 self._failed(turn, key, info, reason, f"{job['name']}: {reason}")
         else:
-            answers = self._answers(state)
+            answers = self._answers(state, list(requests))
             for key, info in requests.items():
                 answer = answers.get(key)
                 if answer is None:
@@ -455,33 +455,45 @@ class BatchLabeler:
         self._state["jobs"] = [j for j in self._state["jobs"] if j["name"] != job["name"]]
         self._save_state()
 
-    def _answers(self, job: types.BatchJob) -> dict[str, types.InlinedResponse]:
-        """The job's answers by request key, inline or from its responses file."""
+    def _answers(self, job: types.BatchJob, keys: list[str]) -> dict[str, types.InlinedResponse]:
+        """The job's answers by request key, inline or from its responses file.
+
+        An answer without its key is taken by position: the API answers in request order.
+        """
         dest = job.dest
         if dest is not None and dest.inlined_responses is not None:
-            return {(r.metadata or {}).get("key", ""): r for r in dest.inlined_responses}
+            return {
+                (r.metadata or {}).get("key") or key: r
+                for key, r in zip(keys, dest.inlined_responses, strict=False)
+            }
         if dest is None or not dest.file_name:
             raise BatchError(f"{job.name} succeeded without inline answers or a responses file")
         name = dest.file_name
         data = self.labeler.requests.send(
             f"{job.name}: download", lambda: self.labeler.client.files.download(file=name)
         )
+        lines = [line for line in data.decode("utf-8").splitlines() if line.strip()]
         answers = {}
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, (key, line) in enumerate(zip(keys, lines, strict=False), start=1):
             try:
                 item = json.loads(line)
-                answers[str(item["key"])] = types.InlinedResponse(
+                # A line holds a response, or a google.rpc.Status as "error" (or "status").
+                status = item.get("error") or item.get("status")
+                response = item.get("response")
+                answers[str(item.get("key") or key)] = types.InlinedResponse(
                     response=(
-                        types.GenerateContentResponse.model_validate(item["response"])
-                        if "response" in item
+                        types.GenerateContentResponse.model_validate(response)
+                        if response is not None
                         else None
                     ),
-                    error=types.JobError.model_validate(item["error"]) if "error" in item else None,
+                    error=(
+                        types.JobError(code=status.get("code"), message=status.get("message"))
+                        if status is not None
+                        else None
+                    ),
                 )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise BatchError(f"{name} line {number}: not a keyed answer ({exc})") from exc
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                raise BatchError(f"{name} line {number}: not an answer ({exc})") from exc
         return answers
 
     # -- answers -----------------------------------------------------------------------------
