@@ -14,12 +14,13 @@ rounds of batch jobs instead of one conversation per video:
   (the API takes 20 MB per request); above it they go as a JSONL file (`{"key", "request"}`
   per line) uploaded through the Files API. A video goes inline in its request up to the
   labeler's `inline_limit_bytes`, otherwise as an uploaded file.
-- Every job is recorded in the state file (`CACHE_DIR/batch_state.json`, written atomically)
-  as soon as it is created, with the requests it holds. A rerun of a killed command re-attaches
-  to the recorded jobs and submits only requests no job holds: nothing is paid twice. The
-  submission is recorded before the create request, under a display name derived from the
-  requests; a run stopped before it learned the job's name (and a create retried after a
-  time-out) finds the job by that name in the job list instead of creating it again.
+- Every job is recorded in the state file (`CACHE_DIR/batch_state.json`, see
+  `preprocess.labeling.batch_state`) as soon as it is created, with the requests it holds. A
+  rerun of a killed command re-attaches to the recorded jobs and submits only requests no job
+  holds: nothing is paid twice. The submission is recorded before the create request, under a
+  display name derived from the requests; a run stopped before it learned the job's name (and
+  a create retried after a time-out) finds the job by that name in the job list instead of
+  creating it again.
 - Jobs are polled with exponential backoff (`poll_initial_s` growing by `poll_multiplier` up
   to `poll_max_s`); transient polling errors are retried by `label_retry`.
 - A request that failed (its own error, a bad reply, or a job that ended EXPIRED, FAILED or
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
 import json
 import logging
@@ -68,6 +68,7 @@ from preprocess.labeler import (
     prepare,
     second_turn_contents,
 )
+from preprocess.labeling.batch_state import BatchError, BatchState
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,6 @@ _JOB_FAILURES = {
     types.JobState.JOB_STATE_CANCELLED: "batch_cancelled",
     types.JobState.JOB_STATE_EXPIRED: "batch_expired",
 }
-
-
-class BatchError(RuntimeError):
-    """The batch run cannot go on (its jobs stay recorded; a rerun re-attaches to them)."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +154,7 @@ class BatchLabeler:
         self.config = config
         self.settings = settings or BatchSettings()
         self.spend = BatchSpend()
-        self.state_file = config.cache_dir / "batch_state.json"
-        self._state = self._load_state()
+        self.state = BatchState(config.cache_dir / "batch_state.json")
         self._tries: dict[tuple[str, int], int] = Counter()
         self._tallies: dict[tuple[str, int], Tally] = {}
         self._failures: dict[str, Failure] = {}
@@ -191,20 +187,20 @@ class BatchLabeler:
             outcomes[video_id] = dataclasses.replace(outcome, video_id=video_id)
         failures = {v: f.to_json() for v, f in outcomes.items() if isinstance(f, Failure)}
         atomic.write_json(self.config.failures_file, dict(sorted(failures.items())))
-        if not self._state["jobs"] and self.config.delete_uploads:
+        if not self.state.jobs and self.config.delete_uploads:
             self._delete_uploads()
         return {v.video_id: outcomes[v.video_id] for v in videos}
 
     def _turn(self, turn: int, todo: dict[str, Prepared]) -> None:
         """Ask `turn` of every video in `todo` that needs it, re-attaching to recorded jobs."""
-        if recorded := self._jobs(turn):
+        if recorded := self.state.of_turn(turn):
             names = ", ".join(job["name"] for job in recorded)
             logger.info(
                 "turn %d: re-attaching to %d recorded batch job(s): %s", turn, len(recorded), names
             )
         while True:
             pending = [p for p in todo.values() if self._needs(turn, p.key)]
-            held = {key for job in self._jobs(turn) for key in job["requests"]}
+            held = {key for job in self.state.of_turn(turn) for key in job["requests"]}
             ask = [p for p in pending if p.key not in held and self._tries[p.key, turn] < self._max]
             if self.settings.retry == "sync":
                 for prepared in [p for p in ask if self._tries[p.key, turn]]:
@@ -212,7 +208,7 @@ class BatchLabeler:
                 ask = [p for p in ask if not self._tries[p.key, turn]]
             if ask:
                 self._submit(turn, ask)
-            jobs = self._jobs(turn)
+            jobs = self.state.of_turn(turn)
             if not jobs:
                 return
             self._wait(jobs)
@@ -226,9 +222,6 @@ class BatchLabeler:
             return False
         has_first = self.labeler.cache.load(key, ".turn1") is not None
         return not has_first if turn == 1 else has_first
-
-    def _jobs(self, turn: int) -> list[dict[str, Any]]:
-        return [job for job in self._state["jobs"] if job["turn"] == turn]
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -247,7 +240,7 @@ class BatchLabeler:
 
     def _uploaded(self, prepared: Prepared) -> str:
         """The URI of the video's upload, uploading it (again) unless it lives long enough."""
-        entry = self._state["uploads"].get(prepared.sha)
+        entry = self.state.uploads.get(prepared.sha)
         if entry is not None and entry["expires"] - time.time() > self.settings.upload_margin_s:
             return entry["uri"]
         if entry is not None:
@@ -262,12 +255,7 @@ class BatchLabeler:
             if uploaded.expiration_time
             else time.time() + FILE_LIFETIME_S
         )
-        self._state["uploads"][prepared.sha] = {
-            "name": uploaded.name,
-            "uri": uploaded.uri,
-            "expires": expires,
-        }
-        self._save_state()
+        self.state.uploaded(prepared.sha, str(uploaded.name), str(uploaded.uri), expires)
         return str(uploaded.uri)
 
     def _submit(self, turn: int, candidates: Sequence[Prepared]) -> None:
@@ -310,13 +298,8 @@ class BatchLabeler:
             src = input_file
         # Recorded before the job exists: a run killed before it learns the job's name finds
         # the job by this display name (see `_recover_submission`).
-        self._state["submitting"] = {
-            "display_name": display_name,
-            "turn": turn,
-            "input_file": input_file,
-            "requests": {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask},
-        }
-        self._save_state()
+        held = {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask}
+        self.state.begin(display_name, turn, input_file, held)
         tried = False
 
         def create() -> types.BatchJob:
@@ -332,7 +315,7 @@ class BatchLabeler:
             )
 
         job = self.labeler.requests.send(f"turn {turn}: batch create", create)
-        self._record_job(str(job.name))
+        self.state.created(str(job.name))
         logger.info(
             "turn %d: submitted %s with %d request(s) (%s, %d bytes)",
             turn,
@@ -341,15 +324,6 @@ class BatchLabeler:
             "JSONL file" if input_file else "inline",
             len(jsonl),
         )
-
-    def _record_job(self, name: str) -> None:
-        """The submission in progress is job `name` now."""
-        submitted = self._state.pop("submitting")
-        del submitted["display_name"]
-        submitted["name"] = name
-        submitted["submitted"] = datetime.datetime.now(datetime.UTC).isoformat()
-        self._state["jobs"].append(submitted)
-        self._save_state()
 
     def _find_job(self, display_name: str) -> types.BatchJob | None:
         """The job of that display name, if the API has one."""
@@ -367,17 +341,16 @@ class BatchLabeler:
 
     def _recover_submission(self) -> None:
         """A run killed while creating a job: re-attach to the job if the API made it."""
-        submitting = self._state.get("submitting")
+        submitting = self.state.submitting
         if submitting is None:
             return
         job = self._find_job(submitting["display_name"])
         if job is not None:
             logger.info("found %s, created by a run that was stopped", job.name)
-            self._record_job(str(job.name))
+            self.state.created(str(job.name))
         else:
             logger.info("%s was never created", submitting["display_name"])
-            del self._state["submitting"]
-            self._save_state()
+            self.state.abandon()
 
     def _rest_request(self, request: types.InlinedRequest) -> dict[str, Any]:
         """The request as google-genai sends it inline, for a JSONL line of the same request."""
@@ -421,7 +394,7 @@ class BatchLabeler:
         except RequestFailed as exc:
             raise BatchError(
                 f"cannot poll {job['name']} ({exc.reason}: {exc.detail}); rerun the same "
-                f"command to re-attach to it (recorded in {self.state_file})"
+                f"command to re-attach to it (recorded in {self.state.path})"
             ) from exc
 
     def _collect(self, job: dict[str, Any], state: types.BatchJob | None) -> None:
@@ -452,8 +425,7 @@ class BatchLabeler:
                     self._failed(turn, key, info, "empty", f"{job['name']}: an empty answer")
         if job.get("input_file") and self.config.delete_uploads:
             self.labeler.delete_upload(job["input_file"])
-        self._state["jobs"] = [j for j in self._state["jobs"] if j["name"] != job["name"]]
-        self._save_state()
+        self.state.collected(job["name"])
 
     def _answers(self, job: types.BatchJob, keys: list[str]) -> dict[str, types.InlinedResponse]:
         """The job's answers by request key, inline or from its responses file.
@@ -551,7 +523,7 @@ class BatchLabeler:
         code = error.code or 0
         detail = self.labeler.scrub(f"{job_name}: {code} {error.message or ''}".strip())
         if code in (403, 404):  # most likely its uploaded video is gone: upload it again
-            self._state["uploads"].pop(info["sha"], None)
+            self.state.forget_upload(info["sha"])
         if code == 429:
             reason = "rate_limited"
         elif code in RETRYABLE_HTTP_CODES:
@@ -602,30 +574,10 @@ class BatchLabeler:
             return
         self._reply(turn, prepared.key, info, response, batch=False)
 
-    # -- state -------------------------------------------------------------------------------
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {"jobs": [], "uploads": {}}
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BatchError(
-                f"{self.state_file}: unreadable ({exc}); it names the batch jobs already paid "
-                f"for, so it is not overwritten: fix or remove it"
-            ) from exc
-        if not isinstance(state.get("jobs"), list) or not isinstance(state.get("uploads"), dict):
-            raise BatchError(f"{self.state_file}: needs a 'jobs' list and an 'uploads' object")
-        return state
-
-    def _save_state(self) -> None:
-        atomic.write_json(self.state_file, self._state)
-
     def _delete_uploads(self) -> None:
-        for entry in self._state["uploads"].values():
+        for video_sha, entry in list(self.state.uploads.items()):
             self.labeler.delete_upload(entry["name"])
-        self._state["uploads"] = {}
-        self._save_state()
+            self.state.forget_upload(video_sha)
 
 
 def label_videos(
