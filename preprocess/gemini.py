@@ -37,6 +37,7 @@ from preprocess.label_results import (
 )
 from preprocess.labeler import VIDEO_MIME_TYPES, label_videos
 from preprocess.labeling import batch
+from preprocess.labeling.batch_state import BatchError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
     if args.batch:
         try:
             results, spend = batch.label_videos(videos, config, batch.settings_from_args(args))
-        except batch.BatchError as exc:
+        except BatchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(batch.format_spend(spend))

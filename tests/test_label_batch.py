@@ -26,6 +26,7 @@ from preprocess.label_config import LabelerConfig
 from preprocess.label_cost import BATCH_PRICE_FACTOR, format_plan, plan_videos
 from preprocess.label_results import Failure, LabelResult, VideoItem
 from preprocess.labeling import batch
+from preprocess.labeling.batch_state import BatchError
 from preprocess.synth import SynthConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,7 +332,7 @@ def test_a_state_file_that_cannot_be_read_stops_the_run_and_is_kept(tmp_path):
     state.parent.mkdir()
     state.write_text("{not json")
     with vlm_sim.SimulatedVLM(api_key=KEY) as sim:
-        with pytest.raises(batch.BatchError, match="batch_state.json"):
+        with pytest.raises(BatchError, match="batch_state.json"):
             run_batch(items, config(tmp_path, sim))
         assert sim.log == []
     assert state.read_text() == "{not json"

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -48,8 +46,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.genai import _common, errors, types
-from google.genai import batches as genai_batches
+from google.genai import types
 
 from hemo_jax.contract import atomic
 from preprocess import prompts
@@ -68,7 +65,8 @@ from preprocess.labeler import (
     prepare,
     second_turn_contents,
 )
-from preprocess.labeling.batch_state import BatchError, BatchState
+from preprocess.labeling.batch_jobs import BatchJobs
+from preprocess.labeling.batch_state import BatchState
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +153,12 @@ class BatchLabeler:
         self.settings = settings or BatchSettings()
         self.spend = BatchSpend()
         self.state = BatchState(config.cache_dir / "batch_state.json")
+        self.jobs = BatchJobs(
+            self.labeler,
+            self.state,
+            inline_request_limit_bytes=self.settings.inline_request_limit_bytes,
+            inputs_dir=config.cache_dir / "batch_inputs",
+        )
         self._tries: dict[tuple[str, int], int] = Counter()
         self._tallies: dict[tuple[str, int], Tally] = {}
         self._failures: dict[str, Failure] = {}
@@ -163,7 +167,7 @@ class BatchLabeler:
     # -- the run -----------------------------------------------------------------------------
 
     def label_all(self, videos: Sequence[VideoItem]) -> dict[str, LabelResult | Failure]:
-        self._recover_submission()
+        self.jobs.recover()
         outcomes: dict[str, LabelResult | Failure] = {}
         asked: dict[str, Prepared] = {}  # by video id
         todo: dict[str, Prepared] = {}  # by cache key: videos with the same bytes asked once
@@ -282,81 +286,8 @@ class BatchLabeler:
             )
         if not ask:
             return
-        lines = [
-            json.dumps({"key": p.key, "request": self._rest_request(r)["request"]})
-            for p, r in zip(ask, requests, strict=True)
-        ]
-        jsonl = ("\n".join(lines) + "\n").encode("utf-8")
-        digest = hashlib.sha256(jsonl).hexdigest()[:16]
-        display_name = f"hemo-label-turn{turn}-{digest}"
-        input_file = None
-        src: Any = requests
-        if len(jsonl) > self.settings.inline_request_limit_bytes:
-            path = self.config.cache_dir / "batch_inputs" / f"{display_name}.jsonl"
-            atomic.write_bytes(path, jsonl)
-            input_file = self.labeler.upload(path, "jsonl", display_name).name
-            src = input_file
-        # Recorded before the job exists: a run killed before it learns the job's name finds
-        # the job by this display name (see `_recover_submission`).
         held = {p.key: {"video_id": p.video.video_id, "sha": p.sha} for p in ask}
-        self.state.begin(display_name, turn, input_file, held)
-        tried = False
-
-        def create() -> types.BatchJob:
-            nonlocal tried
-            # A create that timed out may have reached the API: look before creating again.
-            if tried and (created := self._find_job(display_name)) is not None:
-                return created
-            tried = True
-            return self.labeler.client.batches.create(
-                model=self.config.model,
-                src=src,
-                config=types.CreateBatchJobConfig(display_name=display_name),
-            )
-
-        job = self.labeler.requests.send(f"turn {turn}: batch create", create)
-        self.state.created(str(job.name))
-        logger.info(
-            "turn %d: submitted %s with %d request(s) (%s, %d bytes)",
-            turn,
-            job.name,
-            len(ask),
-            "JSONL file" if input_file else "inline",
-            len(jsonl),
-        )
-
-    def _find_job(self, display_name: str) -> types.BatchJob | None:
-        """The job of that display name, if the API has one."""
-        return self.labeler.requests.send(
-            f"find batch {display_name}",
-            lambda: next(
-                (
-                    job
-                    for job in self.labeler.client.batches.list(config={"page_size": 100})
-                    if job.display_name == display_name
-                ),
-                None,
-            ),
-        )
-
-    def _recover_submission(self) -> None:
-        """A run killed while creating a job: re-attach to the job if the API made it."""
-        submitting = self.state.submitting
-        if submitting is None:
-            return
-        job = self._find_job(submitting["display_name"])
-        if job is not None:
-            logger.info("found %s, created by a run that was stopped", job.name)
-            self.state.created(str(job.name))
-        else:
-            logger.info("%s was never created", submitting["display_name"])
-            self.state.abandon()
-
-    def _rest_request(self, request: types.InlinedRequest) -> dict[str, Any]:
-        """The request as google-genai sends it inline, for a JSONL line of the same request."""
-        api_client = self.labeler.client._api_client
-        converted = genai_batches._InlinedRequest_to_mldev(api_client, request)
-        return _common.encode_unserializable_types(_common.convert_to_dict(converted))
+        self.jobs.submit(turn, requests, held)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -367,7 +298,7 @@ class BatchLabeler:
         while waiting:
             still = []
             for job in waiting:
-                state = self._poll(job)
+                state = self.jobs.poll(job)
                 if state is None or state.state in _DONE_STATES:
                     self._collect(job, state)
                 else:
@@ -377,25 +308,6 @@ class BatchLabeler:
                 logger.info("%d batch job(s) running; next poll in %.0f s", len(waiting), delay)
                 time.sleep(delay)
                 delay = min(self.settings.poll_max_s, delay * self.settings.poll_multiplier)
-
-    def _poll(self, job: dict[str, Any]) -> types.BatchJob | None:
-        """The job's state; None when the API no longer knows it."""
-
-        def get() -> types.BatchJob | None:
-            try:
-                return self.labeler.client.batches.get(name=job["name"])
-            except errors.ClientError as exc:
-                if exc.code in (403, 404):
-                    return None
-                raise
-
-        try:
-            return self.labeler.requests.send(f"{job['name']}: poll", get)
-        except RequestFailed as exc:
-            raise BatchError(
-                f"cannot poll {job['name']} ({exc.reason}: {exc.detail}); rerun the same "
-                f"command to re-attach to it (recorded in {self.state.path})"
-            ) from exc
 
     def _collect(self, job: dict[str, Any], state: types.BatchJob | None) -> None:
         turn, requests = job["turn"], job["requests"]
@@ -410,7 +322,7 @@ class BatchLabeler:
             for key, info in requests.items():
                 self._failed(turn, key, info, reason, f"{job['name']}: {reason}")
         else:
-            answers = self._answers(state, list(requests))
+            answers = self.jobs.answers(state, list(requests))
             for key, info in requests.items():
                 answer = answers.get(key)
                 if answer is None:
@@ -426,47 +338,6 @@ class BatchLabeler:
         if job.get("input_file") and self.config.delete_uploads:
             self.labeler.delete_upload(job["input_file"])
         self.state.collected(job["name"])
-
-    def _answers(self, job: types.BatchJob, keys: list[str]) -> dict[str, types.InlinedResponse]:
-        """The job's answers by request key, inline or from its responses file.
-
-        An answer without its key is taken by position: the API answers in request order.
-        """
-        dest = job.dest
-        if dest is not None and dest.inlined_responses is not None:
-            return {
-                (r.metadata or {}).get("key") or key: r
-                for key, r in zip(keys, dest.inlined_responses, strict=False)
-            }
-        if dest is None or not dest.file_name:
-            raise BatchError(f"{job.name} succeeded without inline answers or a responses file")
-        name = dest.file_name
-        data = self.labeler.requests.send(
-            f"{job.name}: download", lambda: self.labeler.client.files.download(file=name)
-        )
-        lines = [line for line in data.decode("utf-8").splitlines() if line.strip()]
-        answers = {}
-        for number, (key, line) in enumerate(zip(keys, lines, strict=False), start=1):
-            try:
-                item = json.loads(line)
-                # A line holds a response, or a google.rpc.Status as "error" (or "status").
-                status = item.get("error") or item.get("status")
-                response = item.get("response")
-                answers[str(item.get("key") or key)] = types.InlinedResponse(
-                    response=(
-                        types.GenerateContentResponse.model_validate(response)
-                        if response is not None
-                        else None
-                    ),
-                    error=(
-                        types.JobError(code=status.get("code"), message=status.get("message"))
-                        if status is not None
-                        else None
-                    ),
-                )
-            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-                raise BatchError(f"{name} line {number}: not an answer ({exc})") from exc
-        return answers
 
     # -- answers -----------------------------------------------------------------------------
 
