@@ -79,6 +79,7 @@ from preprocess.corpora.imigue import (
     build_manifest,
 )
 from preprocess.labeling import prompts
+from preprocess.labeling.batch import BatchLabeler
 from preprocess.labeling.config import LabelerConfig
 from preprocess.labeling.labeler import Labeler
 from preprocess.labeling.results import Failure, LabelResult, VideoItem, summarize
@@ -91,7 +92,7 @@ log = logging.getLogger(__name__)
 
 CORPORA = ("imigue", "synthetic")  # also the records' `source`
 DEFAULT_DETECTOR = {"imigue": "yolo", "synthetic": "keypoints"}
-LABELERS = ("gemini", "none")
+LABELERS = ("gemini", "gemini-batch", "none")
 STATUS_FILE = "preprocess_status.json"
 OPENPOSE_SUBDIR = "openpose"  # JSON folders the OpenPose binary writes, under out
 LABEL_CACHE_SUBDIR = "label_cache"
@@ -165,7 +166,7 @@ class RunConfig:
             device=self.device,
             crop=self.crop,
             skeleton_errors=self.skeleton_errors,
-            labeler=self.label_settings if self.labeler == "gemini" else None,
+            labeler=self.label_settings if self.labeler != "none" else None,
             keep_unlabelled=self.keep_unlabelled,
             openpose_binary=self.openpose_binary,
             openpose_models=self.openpose_models,
@@ -186,7 +187,7 @@ class RunConfig:
         }
         if self.detector_name == "yolo":
             settings["yolo_weights"] = Path(self.yolo_weights).name
-        if self.labeler == "gemini":
+        if self.labeler != "none":
             label = self.label_settings
             settings["labeler_model"] = label.model
             settings["labeler_endpoint"] = label.endpoint
@@ -350,7 +351,7 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 class _Labels:
     """Label requests for every video to build, answered in the background."""
 
-    def __init__(self, labeler: Labeler | None, rows: list[ManifestRow]) -> None:
+    def __init__(self, labeler: Labeler | None, rows: list[ManifestRow], *, batch: bool) -> None:
         self.results: dict[str, LabelResult | Failure] = {}
         self.items = [steps.label_item(r) for r in rows]
         self._futures: dict[str, concurrent.futures.Future] = {}
@@ -362,6 +363,12 @@ class _Labels:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             2 * labeler.config.concurrency, thread_name_prefix="label"
         )
+        if batch:  # every label comes from the same batch jobs
+            jobs = self._pool.submit(BatchLabeler(labeler).label_all, self.items)
+            for item in self.items:
+                vid = item.video_id
+                self._futures[vid] = self._pool.submit(lambda v=vid: jobs.result()[v])
+            return
         for item in self.items:
             self._futures[item.video_id] = self._pool.submit(labeler.label_one, item)
 
@@ -466,7 +473,7 @@ def run_corpus(config: RunConfig) -> RunSummary:
     settings = config.step_settings()
     with_video = [r for r in todo if r.video_path is not None]
     models = steps.load_models(settings, detector=bool(with_video), labeler=bool(with_video))
-    labels = _Labels(models.labeler, with_video)
+    labels = _Labels(models.labeler, with_video, batch=config.labeler == "gemini-batch")
     builder = _Builder(settings, models, labels, todo, status)
     finished = False
     try:

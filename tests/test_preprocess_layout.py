@@ -32,7 +32,17 @@ def imported(path: Path, known: set[str]) -> set[str]:
     """Every module ``path`` imports, anywhere in the file; ``from p import m`` counts as
     ``p.m`` when ``p.m`` is a module."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    typing_only = {  # `if TYPE_CHECKING:` blocks never run
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -90,6 +100,8 @@ def test_the_walk_sees_the_imports_it_judges():
     assert "preprocess.synthetic.plan" in graph["preprocess.synthetic.corpus"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    # A typing-only import runs nothing, so it makes no circle.
+    assert "preprocess.synthetic.vlm_sim" not in graph["preprocess.synthetic.vlm_batch"]
 
 
 def test_no_real_step_imports_the_synthetic_world():

@@ -14,6 +14,7 @@ Where each part lives:
 - `preprocess.labeling.retry`, `preprocess.labeling.reply`: retries with backoff; reply validation.
 - `preprocess.labeling.results`: per-video results and failures, and their summary.
 - `preprocess.labeling.cost`: `--dry-run`, what would be sent and an estimated cost.
+- `preprocess.labeling.batch`: `--batch`, the same two turns as Batch API jobs (half price).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hemo_jax.contract import atomic
+from preprocess.labeling import batch
+from preprocess.labeling.batch_state import BatchError
 from preprocess.labeling.config import MEDIA_RESOLUTIONS, LabelerConfig
 from preprocess.labeling.cost import format_plan, plan_videos
 from preprocess.labeling.labeler import VIDEO_MIME_TYPES, label_videos
@@ -84,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print what would be sent and an estimated cost; no network, no key needed",
     )
+    batch.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> LabelerConfig:
@@ -141,7 +146,15 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan_videos(videos, config), config))
         return 0
-    results = label_videos(videos, config)
+    if args.batch:
+        try:
+            results, spend = batch.label_videos(videos, config, batch.settings_from_args(args))
+        except BatchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(batch.format_spend(spend))
+    else:
+        results = label_videos(videos, config)
     out = args.out or config.cache_dir / "labels.json"
     atomic.write_json(
         out,

@@ -6,7 +6,8 @@ Pro standard-tier list prices, USD per 1M tokens: input 1.25 for prompts up to 2
 the default media resolution (258 per frame sampled at 1 fps + 32 for audio) and ~100 at low
 resolution (66 + 32). Each reply is assumed to be ~700 answer tokens plus ~2,000 thinking
 tokens. The second turn resends the video and the first turn, so a video is paid for twice as
-input. A video already in the label cache costs nothing.
+input. A video already in the label cache costs nothing. The Batch API (`--batch`) bills half
+the standard price for the same tokens; both totals are shown.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from preprocess.labeling import prompts
 from preprocess.labeling.cache import LabelCache, cache_key, file_sha256
 from preprocess.labeling.config import DEFAULT_MODEL, LabelerConfig
-from preprocess.labeling.results import VideoItem
+from preprocess.labeling.results import TokenUsage, VideoItem
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Pricing:
 
 
 PRICES = {"gemini-2.5-pro": Pricing(1.25, 2.50, 10.0, 15.0)}
+# The Batch API's price per token, as a share of the standard one (Gemini API pricing).
+BATCH_PRICE_FACTOR = 0.5
 # One entry per `config.MEDIA_RESOLUTIONS`.
 VIDEO_TOKENS_PER_SECOND = {"default": 300, "low": 100}
 ASSUMED_ANSWER_TOKENS = 700
@@ -65,6 +68,12 @@ def probe_duration(path: Path) -> float | None:
     except VideoError:
         return None
     return info.container_frames / info.fps if info.container_frames > 0 else None
+
+
+def reply_cost(usage: TokenUsage, model: str) -> float:
+    """USD at the standard price of one reply's usage metadata (thinking billed as output)."""
+    pricing = PRICES.get(model, PRICES[DEFAULT_MODEL])
+    return pricing.cost(usage.prompt, usage.candidates + usage.thoughts)
 
 
 def plan_videos(videos: Sequence[VideoItem], config: LabelerConfig) -> list[PlannedVideo]:
@@ -130,6 +139,8 @@ def format_plan(plans: Sequence[PlannedVideo], config: LabelerConfig) -> str:
         f"ESTIMATED cost of {len(costed)} video(s): ${sum(p.cost_usd or 0 for p in costed):.2f}"
         f" (an estimate, not a quote), "
         f"{sum(p.prompt_tokens or 0 for p in costed):,} prompt tokens",
+        f"ESTIMATED at batch price (--batch, {BATCH_PRICE_FACTOR:.0%} of standard): "
+        f"${BATCH_PRICE_FACTOR * sum(p.cost_usd or 0 for p in costed):.2f}",
         f"assumes {priced} list prices per 1M tokens: input $1.25 (prompt <= 200k) / $2.50, "
         f"output incl. thinking $10 / $15; ~{rate} video tokens per second; "
         f"~{ASSUMED_ANSWER_TOKENS} answer + ~{ASSUMED_THINKING_TOKENS} thinking tokens per reply",

@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from google import genai
@@ -89,7 +90,7 @@ class Labeler:
         self._key_locks: dict[str, threading.Lock] = {}
         self._failures: dict[str, Failure] = {}
         resolution = config.media_resolution
-        self._generate_config = types.GenerateContentConfig(
+        self.generate_config = types.GenerateContentConfig(
             system_instruction=prompts.SYSTEM_INSTRUCTION,
             temperature=0.0,
             response_mime_type="application/json",
@@ -155,54 +156,29 @@ class Labeler:
     # -- one video -----------------------------------------------------------------------
 
     def _label(self, video: VideoItem) -> LabelResult | Failure:
-        mime = VIDEO_MIME_TYPES.get(video.path.suffix.lower())
-        if mime is None:
-            return Failure(
-                video.video_id,
-                "unsupported",
-                f"{video.path}: suffix {video.path.suffix!r} is not one of "
-                f"{sorted(VIDEO_MIME_TYPES)}",
-            )
-        try:
-            sha = file_sha256(video.path)
-            size = video.path.stat().st_size
-        except OSError as exc:
-            return Failure(video.video_id, "unreadable", f"{video.path}: {exc}")
-        key = cache_key(sha, self.config.model, prompts.PROMPT_VERSION, self.config.endpoint)
+        prepared = prepare(video, self.config)
+        if isinstance(prepared, Failure):
+            return prepared
         with self._lock:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
+            key_lock = self._key_locks.setdefault(prepared.key, threading.Lock())
         with key_lock:  # two ids with the same bytes: the second one reads the cache
-            cached = self.cache.load(key)
+            cached = cached_result(self.cache, prepared.key, video)
             if cached is not None:
-                try:
-                    result = LabelResult.from_json(
-                        {**cached, "video_id": video.video_id}, from_cache=True
-                    )
-                except (KeyError, TypeError) as exc:
-                    logger.warning(
-                        "video %s: ignoring a stale cache entry (%s)", video.video_id, exc
-                    )
-                else:
-                    logger.info("video %s: cached", video.video_id)
-                    return result
-            return self._converse(video, sha, size, mime, key)
+                return cached
+            return self._converse(video, prepared.sha, prepared.size, prepared.mime, prepared.key)
 
     def _converse(
         self, video: VideoItem, sha: str, size: int, mime: str, key: str
     ) -> LabelResult | Failure:
-        tally = _Tally()
+        tally = Tally()
         uploaded: types.File | None = None
         try:
             if size <= self.config.inline_limit_bytes:
                 video_part = types.Part.from_bytes(data=video.path.read_bytes(), mime_type=mime)
             else:
-                uploaded = self._upload(video, mime)
+                uploaded = self.upload(video.path, mime, video.video_id)
                 video_part = types.Part.from_uri(file_uri=uploaded.uri, mime_type=mime)
-            first_turn = [
-                types.Content(
-                    role="user", parts=[video_part, types.Part.from_text(text=prompts.COT_PROMPT)]
-                )
-            ]
+            first_turn = first_turn_contents(video_part)
             checkpoint = self.cache.load(key, ".turn1")
             if checkpoint is not None:  # a killed run paid for the first turn already
                 first_text = checkpoint["text"]
@@ -213,44 +189,23 @@ class Labeler:
                 self.cache.store(
                     key, {"text": first_text, "usage": dataclasses.asdict(tally.usage)}, ".turn1"
                 )
-            second_turn = [
-                *first_turn,
-                types.Content(role="model", parts=[types.Part.from_text(text=first_text)]),
-                types.Content(
-                    role="user", parts=[types.Part.from_text(text=prompts.REFLECTION_PROMPT)]
-                ),
-            ]
-            final, _ = self._ask(second_turn, tally, video)
+            final, _ = self._ask(second_turn_contents(first_turn, first_text), tally, video)
         except RequestFailed as exc:
             return Failure(
                 video.video_id, exc.reason, self.scrub(exc.detail), sha, exc.attempts, tally.usage
             )
         finally:
             if uploaded is not None and self.config.delete_uploads:
-                self._delete_upload(uploaded)
+                self.delete_upload(uploaded.name)
 
-        result = LabelResult(
-            video_id=video.video_id,
-            video_sha256=sha,
-            model=self.config.model,
-            prompt_version=prompts.PROMPT_VERSION,
-            pseudo_label=prompts.LABEL_TO_INT[final.label],
-            pseudo_confidence=float(final.confidence),
-            reasoning=final.reasoning,
-            observations=tuple(final.observations),
-            transcript_summary=final.transcript_summary,
-            first_label=prompts.LABEL_TO_INT[first.label],
-            first_confidence=float(first.confidence),
-            usage=tally.usage,
-            model_version=tally.model_version,
-        )
+        result = label_result(video.video_id, sha, self.config.model, first, final, tally)
         self.cache.store(key, result.to_json())
         self.cache.discard(key, ".turn1")
         logger.info("video %s: %s (confidence %.2f)", video.video_id, final.label, final.confidence)
         return result
 
     def _ask(
-        self, contents: list[types.Content], tally: _Tally, video: VideoItem
+        self, contents: list[types.Content], tally: Tally, video: VideoItem
     ) -> tuple[prompts.LabelAnswer, str]:
         """One turn: the validated answer and its text; `RequestFailed` if it stays bad."""
         tries = self.config.bad_response_attempts
@@ -258,7 +213,7 @@ class Labeler:
             response = self.requests.send(
                 f"video {video.video_id}: generateContent",
                 lambda: self.client.models.generate_content(
-                    model=self.config.model, contents=contents, config=self._generate_config
+                    model=self.config.model, contents=contents, config=self.generate_config
                 ),
             )
             tally.usage += TokenUsage.of(response.usage_metadata)
@@ -279,13 +234,14 @@ class Labeler:
                     raise RequestFailed(bad.reason, detail, attempt) from None
         raise AssertionError("unreachable")
 
-    def _upload(self, video: VideoItem, mime: str) -> types.File:
-        what = f"video {video.video_id}: upload"
+    def upload(self, path: Path, mime: str, display_name: str) -> types.File:
+        """Upload a file through the Files API and wait until it is ACTIVE."""
+        what = f"{display_name}: upload"
         uploaded = self.requests.send(
             what,
             lambda: self.client.files.upload(
-                file=video.path,
-                config=types.UploadFileConfig(mime_type=mime, display_name=video.video_id),
+                file=path,
+                config=types.UploadFileConfig(mime_type=mime, display_name=display_name),
             ),
         )
         deadline = time.monotonic() + self.config.file_active_timeout_s
@@ -306,19 +262,103 @@ class Labeler:
             raise RequestFailed("upload_failed", f"{uploaded.name} has no URI")
         return uploaded
 
-    def _delete_upload(self, uploaded: types.File) -> None:
+    def delete_upload(self, name: str) -> None:
         try:
-            self.requests.send_once(lambda: self.client.files.delete(name=uploaded.name))
+            self.requests.send_once(lambda: self.client.files.delete(name=name))
         except Exception as exc:  # the file expires after 48 h anyway
-            logger.warning("could not delete %s: %s", uploaded.name, self.scrub(str(exc)))
+            logger.warning("could not delete %s: %s", name, self.scrub(str(exc)))
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What one video's replies have cost so far, kept when the conversation fails."""
 
     usage: TokenUsage = field(default_factory=TokenUsage)
     model_version: str = ""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A video ready to be asked about: its bytes' hash, size, MIME type and cache key."""
+
+    video: VideoItem
+    sha: str
+    size: int
+    mime: str
+    key: str
+
+
+def prepare(video: VideoItem, config: LabelerConfig) -> Prepared | Failure:
+    """Hash the video and find its cache key; a `Failure` if it cannot be sent."""
+    mime = VIDEO_MIME_TYPES.get(video.path.suffix.lower())
+    if mime is None:
+        return Failure(
+            video.video_id,
+            "unsupported",
+            f"{video.path}: suffix {video.path.suffix!r} is not one of {sorted(VIDEO_MIME_TYPES)}",
+        )
+    try:
+        sha = file_sha256(video.path)
+        size = video.path.stat().st_size
+    except OSError as exc:
+        return Failure(video.video_id, "unreadable", f"{video.path}: {exc}")
+    key = cache_key(sha, config.model, prompts.PROMPT_VERSION, config.endpoint)
+    return Prepared(video, sha, size, mime, key)
+
+
+def cached_result(cache: LabelCache, key: str, video: VideoItem) -> LabelResult | None:
+    """The cached answer for `key` under this video's id; None if absent or stale."""
+    cached = cache.load(key)
+    if cached is None:
+        return None
+    try:
+        result = LabelResult.from_json({**cached, "video_id": video.video_id}, from_cache=True)
+    except (KeyError, TypeError) as exc:
+        logger.warning("video %s: ignoring a stale cache entry (%s)", video.video_id, exc)
+        return None
+    logger.info("video %s: cached", video.video_id)
+    return result
+
+
+def first_turn_contents(video_part: types.Part) -> list[types.Content]:
+    """The Chain-of-Thought turn: the video and the question."""
+    question = types.Part.from_text(text=prompts.COT_PROMPT)
+    return [types.Content(role="user", parts=[video_part, question])]
+
+
+def second_turn_contents(first_turn: list[types.Content], first_text: str) -> list[types.Content]:
+    """The Reflection turn: the first turn, its answer, and the request to reconsider."""
+    return [
+        *first_turn,
+        types.Content(role="model", parts=[types.Part.from_text(text=first_text)]),
+        types.Content(role="user", parts=[types.Part.from_text(text=prompts.REFLECTION_PROMPT)]),
+    ]
+
+
+def label_result(
+    video_id: str,
+    sha: str,
+    model: str,
+    first: prompts.LabelAnswer,
+    final: prompts.LabelAnswer,
+    tally: Tally,
+) -> LabelResult:
+    """The result of a finished conversation (both turns' answers and what they cost)."""
+    return LabelResult(
+        video_id=video_id,
+        video_sha256=sha,
+        model=model,
+        prompt_version=prompts.PROMPT_VERSION,
+        pseudo_label=prompts.LABEL_TO_INT[final.label],
+        pseudo_confidence=float(final.confidence),
+        reasoning=final.reasoning,
+        observations=tuple(final.observations),
+        transcript_summary=final.transcript_summary,
+        first_label=prompts.LABEL_TO_INT[first.label],
+        first_confidence=float(first.confidence),
+        usage=tally.usage,
+        model_version=tally.model_version,
+    )
 
 
 class _NoProgress:

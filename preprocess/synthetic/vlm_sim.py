@@ -8,7 +8,9 @@ against it:
   structured JSON answer), `finishReason`, `usageMetadata`, `modelVersion`;
 - the Files API resumable upload (`POST /upload/v1beta/files` with `X-Goog-Upload-Command:
   start`, then `upload, finalize` chunks at the URL returned in `x-goog-upload-url`),
-  `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`.
+  `GET /v1beta/files/{id}` (PROCESSING for a few polls, then ACTIVE) and `DELETE`;
+- the Batch API and generated-file downloads, served by `preprocess.synthetic.vlm_batch`
+  (`sim.batches`).
 
 Answers come from the noisy oracle of `preprocess.synthetic.vlm_oracle`, not from looking at the
 video: for a video whose content hash (sha256 of the bytes) has a known label, it answers
@@ -38,72 +40,27 @@ import base64
 import json
 import logging
 import re
-import select
-import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from preprocess.synthetic import vlm_batch, vlm_http
 from preprocess.synthetic.vlm_oracle import FAULTS, FaultPlan, Oracle, load_truth, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
 SIMULATED_MODEL_VERSION = "simulated-vlm"
-SERVER_HEADER = "simulated-vlm/1 (simulation; not Gemini)"
 
 _GENERATE_PATH = re.compile(r"^/(v1|v1beta)/models/([^/:]+):generateContent$")
 _FILE_PATH = re.compile(r"^/v1beta/files/([^/]+)$")
 _UPLOAD_PATH = "/upload/v1beta/files"
-
-
-@dataclass
-class RequestRecord:
-    """One request the server received (the tests' request log)."""
-
-    kind: str  # generate | upload_start | upload_chunk | file_get | file_delete | other
-    video_sha: str | None = None
-    turn: int | None = None
-    video_source: str | None = None  # inline | file
-    fault: str | None = None
-    status: int | None = None
-    outcome: str = "in_flight"  # answered | abandoned | rejected | in_flight
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-
-
-@dataclass
-class _StoredFile:
-    name: str
-    mime_type: str
-    display_name: str | None
-    data: bytes
-    polls_until_active: int
-
-    @property
-    def sha(self) -> str:
-        return sha256_bytes(self.data)
-
-
-@dataclass
-class _PendingUpload:
-    size: int
-    mime_type: str
-    display_name: str | None
-    data: bytearray = field(default_factory=bytearray)
-
-
-class _ApiError(Exception):
-    def __init__(self, code: int, status: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.status, self.message = code, status, message
 
 
 class SimulatedVLM:
@@ -143,18 +100,19 @@ class SimulatedVLM:
         self.processing_polls = processing_polls
         self._address = (host, port)
         self._lock = threading.Lock()
-        self._log: list[RequestRecord] = []
-        self._files: dict[str, _StoredFile] = {}
-        self._uploads: dict[str, _PendingUpload] = {}
+        self._log: list[vlm_http.RequestRecord] = []
+        self._files: dict[str, vlm_http.StoredFile] = {}
+        self._uploads: dict[str, vlm_http.PendingUpload] = {}
         self._in_flight = 0
         self.max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batches = vlm_batch.BatchService(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> SimulatedVLM:
-        server = ThreadingHTTPServer(self._address, _Handler)
+        server = ThreadingHTTPServer(self._address, vlm_http.Handler)
         server.daemon_threads = True
         server.sim = self  # type: ignore[attr-defined]
         self._server = server
@@ -191,7 +149,7 @@ class SimulatedVLM:
     # -- request log -------------------------------------------------------------------------
 
     @property
-    def log(self) -> list[RequestRecord]:
+    def log(self) -> list[vlm_http.RequestRecord]:
         with self._lock:
             return list(self._log)
 
@@ -203,33 +161,37 @@ class SimulatedVLM:
             if r.kind == "generate" and (outcome is None or r.outcome == outcome)
         )
 
-    def in_flight(self) -> list[RequestRecord]:
+    def in_flight(self) -> list[vlm_http.RequestRecord]:
         return [r for r in self.log if r.outcome == "in_flight" and r.kind == "generate"]
 
-    def _record(self, record: RequestRecord) -> RequestRecord:
+    def _record(self, record: vlm_http.RequestRecord) -> vlm_http.RequestRecord:
         with self._lock:
             self._log.append(record)
         return record
 
     # -- request handling --------------------------------------------------------------------
 
-    def _handle(self, handler: _Handler, method: str) -> None:
+    def _handle(self, handler: vlm_http.Handler, method: str) -> None:
         url = urlsplit(handler.path)
         query = parse_qs(url.query)
         # Read the whole body first: on a kept-alive connection an unread body would be taken
         # for the next request.
         try:
-            handler.body = handler.rfile.read(_content_length(handler))
-        except _ApiError as err:
+            handler.body = handler.rfile.read(vlm_http.content_length(handler))
+        except vlm_http.ApiError as err:
             handler.close_connection = True
-            _send_json(handler, err.code, {"error": {"code": err.code, "message": err.message}})
+            vlm_http.send_json(
+                handler, err.code, {"error": {"code": err.code, "message": err.message}}
+            )
             return
         if method == "POST" and url.path == _UPLOAD_PATH and "upload_id" in query:
             self._upload_chunk(handler, query["upload_id"][0])
             return
-        record = self._record(RequestRecord(kind="other"))
+        record = self._record(vlm_http.RequestRecord(kind="other"))
         try:
             self._check_key(handler, query)
+            if self.batches.route(handler, method, url.path, record):
+                return
             generate = _GENERATE_PATH.match(url.path)
             file_match = _FILE_PATH.match(url.path)
             if method == "POST" and generate:
@@ -240,43 +202,49 @@ class SimulatedVLM:
                 self._upload_start(handler, record)
             elif method == "GET" and file_match:
                 record.kind = "file_get"
-                _send_json(handler, 200, self._file_json(file_match.group(1), poll=True))
+                vlm_http.send_json(handler, 200, self._file_json(file_match.group(1), poll=True))
                 self._finish(record, 200, "answered")
             elif method == "DELETE" and file_match:
                 record.kind = "file_delete"
                 with self._lock:
                     if self._files.pop(file_match.group(1), None) is None:
-                        raise _ApiError(404, "NOT_FOUND", f"File {url.path} not found.")
-                _send_json(handler, 200, {})
+                        raise vlm_http.ApiError(404, "NOT_FOUND", f"File {url.path} not found.")
+                vlm_http.send_json(handler, 200, {})
                 self._finish(record, 200, "answered")
             else:
-                raise _ApiError(404, "NOT_FOUND", f"{method} {url.path} is not served here.")
-        except _ApiError as err:
+                raise vlm_http.ApiError(
+                    404, "NOT_FOUND", f"{method} {url.path} is not served here."
+                )
+        except vlm_http.ApiError as err:
             body = {"error": {"code": err.code, "message": err.message, "status": err.status}}
-            _send_json(handler, err.code, body)
+            vlm_http.send_json(handler, err.code, body)
             self._finish(record, err.code, "rejected")
 
-    def _finish(self, record: RequestRecord, status: int | None, outcome: str) -> None:
+    def _finish(self, record: vlm_http.RequestRecord, status: int | None, outcome: str) -> None:
         with self._lock:
             record.status, record.outcome, record.finished = status, outcome, time.monotonic()
 
-    def _check_key(self, handler: _Handler, query: dict[str, list[str]]) -> None:
+    def _check_key(self, handler: vlm_http.Handler, query: dict[str, list[str]]) -> None:
         sent = handler.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
         if not sent:
-            raise _ApiError(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+            raise vlm_http.ApiError(
+                403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."
+            )
         if self._api_key is not None and sent != self._api_key:
-            raise _ApiError(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid key.")
+            raise vlm_http.ApiError(
+                400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid key."
+            )
 
-    def _generate(self, handler: _Handler, record: RequestRecord) -> None:
-        body = _read_json(handler)
+    def _generate(self, handler: vlm_http.Handler, record: vlm_http.RequestRecord) -> None:
+        body = vlm_http.read_json(handler)
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
-            raise _ApiError(400, "INVALID_ARGUMENT", "contents must be a non-empty list.")
+            raise vlm_http.ApiError(400, "INVALID_ARGUMENT", "contents must be a non-empty list.")
         config = body.get("generationConfig") or {}
         if config.get("responseMimeType") != "application/json" or not (
             config.get("responseSchema") or config.get("responseJsonSchema")
         ):
-            raise _ApiError(
+            raise vlm_http.ApiError(
                 400,
                 "INVALID_ARGUMENT",
                 "This simulation answers only structured requests "
@@ -288,14 +256,14 @@ class SimulatedVLM:
         record.fault = self.faults.next_fault(record.video_sha)
         if record.fault == "echo_key":
             sent = handler.headers.get("x-goog-api-key", "")
-            raise _ApiError(400, "INVALID_ARGUMENT", f"API key {sent} is not allowed here.")
+            raise vlm_http.ApiError(400, "INVALID_ARGUMENT", f"API key {sent} is not allowed here.")
 
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
             wait = self.latency_s + (self.slow_s if record.fault == "slow" else 0.0)
-            if not _wait_unless_hung_up(handler.connection, wait):
+            if not vlm_http.wait_unless_hung_up(handler.connection, wait):
                 handler.close_connection = True
                 self._finish(record, None, "abandoned")
                 return
@@ -304,14 +272,14 @@ class SimulatedVLM:
             with self._lock:
                 self._in_flight -= 1
         try:
-            _send_json(handler, status, payload)
+            vlm_http.send_json(handler, status, payload)
         except OSError:
             self._finish(record, None, "abandoned")
             return
         self._finish(record, status, "answered" if status == 200 else "rejected")
 
     def _generate_reply(
-        self, record: RequestRecord, video: bytes, body: dict[str, Any]
+        self, record: vlm_http.RequestRecord, video: bytes, body: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         fault = record.fault
         if fault in ("429", "500", "503"):
@@ -372,7 +340,9 @@ class SimulatedVLM:
                         data = inline["data"].replace("-", "+").replace("_", "/")
                         return base64.b64decode(data, validate=True), "inline"
                     except (KeyError, ValueError) as exc:
-                        raise _ApiError(400, "INVALID_ARGUMENT", "bad inlineData.data") from exc
+                        raise vlm_http.ApiError(
+                            400, "INVALID_ARGUMENT", "bad inlineData.data"
+                        ) from exc
                 file_data = part.get("fileData") or part.get("file_data")
                 if file_data:
                     uri = file_data.get("fileUri") or file_data.get("file_uri") or ""
@@ -380,37 +350,41 @@ class SimulatedVLM:
                     with self._lock:
                         stored = self._files.get(file_id)
                     if stored is None:
-                        raise _ApiError(
+                        raise vlm_http.ApiError(
                             403, "PERMISSION_DENIED", f"File {file_id} does not exist or is gone."
                         )
                     if stored.polls_until_active > 0:
-                        raise _ApiError(
+                        raise vlm_http.ApiError(
                             400,
                             "FAILED_PRECONDITION",
                             f"The File {file_id} is not in an ACTIVE state.",
                         )
                     return stored.data, "file"
-        raise _ApiError(400, "INVALID_ARGUMENT", "no video part (inlineData or fileData) found.")
+        raise vlm_http.ApiError(
+            400, "INVALID_ARGUMENT", "no video part (inlineData or fileData) found."
+        )
 
-    def _upload_start(self, handler: _Handler, record: RequestRecord) -> None:
+    def _upload_start(self, handler: vlm_http.Handler, record: vlm_http.RequestRecord) -> None:
         headers = handler.headers
         if headers.get("X-Goog-Upload-Protocol") != "resumable" or (
             headers.get("X-Goog-Upload-Command") != "start"
         ):
-            raise _ApiError(400, "INVALID_ARGUMENT", "expected a resumable upload start.")
-        meta = (_read_json(handler).get("file") or {}) if handler.body else {}
+            raise vlm_http.ApiError(400, "INVALID_ARGUMENT", "expected a resumable upload start.")
+        meta = (vlm_http.read_json(handler).get("file") or {}) if handler.body else {}
         try:
             size = int(headers["X-Goog-Upload-Header-Content-Length"])
         except (KeyError, ValueError) as exc:
-            raise _ApiError(400, "INVALID_ARGUMENT", "missing upload content length.") from exc
+            raise vlm_http.ApiError(
+                400, "INVALID_ARGUMENT", "missing upload content length."
+            ) from exc
         upload_id = uuid.uuid4().hex[:16]
         with self._lock:
-            self._uploads[upload_id] = _PendingUpload(
+            self._uploads[upload_id] = vlm_http.PendingUpload(
                 size=size,
                 mime_type=headers.get("X-Goog-Upload-Header-Content-Type", "video/mp4"),
                 display_name=meta.get("displayName") or meta.get("display_name"),
             )
-        _send_json(
+        vlm_http.send_json(
             handler,
             200,
             {},
@@ -421,8 +395,8 @@ class SimulatedVLM:
         )
         self._finish(record, 200, "answered")
 
-    def _upload_chunk(self, handler: _Handler, upload_id: str) -> None:
-        record = self._record(RequestRecord(kind="upload_chunk"))
+    def _upload_chunk(self, handler: vlm_http.Handler, upload_id: str) -> None:
+        record = self._record(vlm_http.RequestRecord(kind="upload_chunk"))
         chunk = handler.body
         command = handler.headers.get("X-Goog-Upload-Command", "")
         with self._lock:
@@ -435,24 +409,24 @@ class SimulatedVLM:
         # The client retries chunks that lack x-goog-upload-status, so every answer carries it.
         if not offset_ok:
             error = {"error": {"code": 400, "message": "bad upload offset", "status": "INVALID"}}
-            _send_json(handler, 400, error, {"x-goog-upload-status": "final"})
+            vlm_http.send_json(handler, 400, error, {"x-goog-upload-status": "final"})
             self._finish(record, 400, "rejected")
             return
         if "finalize" not in command:
-            _send_json(handler, 200, {}, {"x-goog-upload-status": "active"})
+            vlm_http.send_json(handler, 200, {}, {"x-goog-upload-status": "active"})
             self._finish(record, 200, "answered")
             return
         file_id = uuid.uuid4().hex[:12]
         with self._lock:
             del self._uploads[upload_id]
-            self._files[file_id] = _StoredFile(
+            self._files[file_id] = vlm_http.StoredFile(
                 name=f"files/{file_id}",
                 mime_type=pending.mime_type,
                 display_name=pending.display_name,
                 data=bytes(pending.data),
                 polls_until_active=self.processing_polls,
             )
-        _send_json(
+        vlm_http.send_json(
             handler, 200, {"file": self._file_json(file_id)}, {"x-goog-upload-status": "final"}
         )
         self._finish(record, 200, "answered")
@@ -461,7 +435,7 @@ class SimulatedVLM:
         with self._lock:
             stored = self._files.get(file_id)
             if stored is None:
-                raise _ApiError(403, "PERMISSION_DENIED", f"File {file_id} does not exist.")
+                raise vlm_http.ApiError(403, "PERMISSION_DENIED", f"File {file_id} does not exist.")
             if poll and stored.polls_until_active > 0:
                 stored.polls_until_active -= 1
                 state = "PROCESSING"
@@ -479,78 +453,6 @@ class SimulatedVLM:
         if stored.display_name:
             meta["displayName"] = stored.display_name
         return meta
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = SERVER_HEADER
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    body = b""
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        self.server.sim._handle(self, "POST")  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.sim._handle(self, "GET")  # type: ignore[attr-defined]
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self.server.sim._handle(self, "DELETE")  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base signature)
-        logger.debug("simulated VLM: " + format, *args)
-
-
-def _content_length(handler: BaseHTTPRequestHandler) -> int:
-    try:
-        return int(handler.headers.get("Content-Length") or 0)
-    except ValueError as exc:
-        raise _ApiError(400, "INVALID_ARGUMENT", "bad Content-Length.") from exc
-
-
-def _read_json(handler: _Handler) -> dict[str, Any]:
-    try:
-        body = json.loads(handler.body)
-    except json.JSONDecodeError as exc:
-        raise _ApiError(400, "INVALID_ARGUMENT", f"request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _ApiError(400, "INVALID_ARGUMENT", "request body must be a JSON object.")
-    return body
-
-
-def _send_json(
-    handler: BaseHTTPRequestHandler,
-    status: int,
-    payload: dict[str, Any],
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    data = json.dumps(payload).encode("utf-8")
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json; charset=UTF-8")
-    handler.send_header("Content-Length", str(len(data)))
-    for key, value in (headers or {}).items():
-        handler.send_header(key, value)
-    handler.end_headers()
-    handler.wfile.write(data)
-    handler.wfile.flush()
-
-
-def _wait_unless_hung_up(conn: socket.socket, seconds: float) -> bool:
-    """Sleep `seconds`; return False early if the client closed the connection meanwhile.
-
-    The request body has been read, so the socket turns readable only when the client hangs
-    up (time-out, kill): peeking then returns b"".
-    """
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([conn], [], [], min(left, 0.5))
-        if readable:
-            try:
-                if conn.recv(1, socket.MSG_PEEK) == b"":
-                    return False
-            except OSError:
-                return False
-            time.sleep(min(left, 0.01))  # unexpected early bytes: don't spin on them
-    return True
 
 
 def _parse_rates(items: list[str]) -> dict[str, float]:
