@@ -172,6 +172,22 @@ def test_transcribe_gives_the_text_and_segments_timed_on_the_whole_track(asr, to
     assert second[0].start == pytest.approx(2.5 + own_start)
 
 
+def test_speech_past_whispers_30_s_window_goes_through_its_long_form_decoding(asr, tmp_path):
+    seconds, rate = 35.0, 22_050
+    wav = tmp_path / "long.wav"
+    with av.open(str(wav), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        t = np.arange(round(seconds * rate)) / rate
+        tone = (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        frame.sample_rate = rate
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    got = transcribe(wav, asr)
+    assert got.segments and all(0.0 <= s.start <= s.end <= seconds for s in got.segments)
+    assert max(s.end for s in got.segments) > 30.0  # past the first 30 s window
+
+
 def test_transcribe_says_which_video_has_no_audio(asr):
     with pytest.raises(NoAudioTrack) as info:
         transcribe(CARPHONE, asr)
