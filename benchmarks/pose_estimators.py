@@ -194,9 +194,9 @@ def main() -> None:
                 for batch in (1, 8):
                     est = RtmposeEstimator("dwpose", weights=onnx, batch_size=batch)
                     fps = frames_per_second(est, frames, boxes, args.repeats)
-                    print(
-                        f"dwpose (RTMPose-l 384x288, 133 points), batch {batch}: {fps:.2f} frames/s"
-                    )
+                    rows.append({"estimator": "dwpose", "network": "RTMPose-l 384x288, 133 points",
+                                 "batch": batch, "frames_per_s": round(fps, 3)})  # fmt: skip
+                    print(rows[-1])
             else:
                 from ultralytics import YOLO
 
