@@ -69,6 +69,18 @@ def test_audio_blocks_give_the_tone_at_16k_mono_in_blocks(tone_video):
     assert np.sqrt(2 * np.mean(middle**2)) == pytest.approx(0.3 * np.sqrt(2), rel=0.02)
 
 
+def test_damaged_audio_packets_are_skipped_and_counted_not_fatal(tone_video, tmp_path, caplog):
+    data = bytearray(tone_video.read_bytes())
+    rng = np.random.default_rng(0)
+    for offset in range(len(data) // 3, len(data) // 3 + 3000, 7):  # the middle of the data
+        data[offset] = rng.integers(0, 256)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    samples = np.concatenate([b for _, b in audio_blocks(damaged)])
+    assert "damaged.mp4: skipped" in caplog.text and "could not decode" in caplog.text
+    assert 3.0 * SAMPLE_RATE < samples.size < 4.0 * SAMPLE_RATE  # only the damaged stretch lost
+
+
 def test_a_video_without_audio_raises_no_audio_track_naming_it():
     with pytest.raises(NoAudioTrack, match="carphone_pristine.mp4: the video has no audio"):
         next(audio_blocks(CARPHONE))
