@@ -28,6 +28,7 @@ import numpy as np
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from preprocess.keypoints.coco_wholebody_to_openpose import coco_wholebody_to_openpose
+from preprocess.track import box_iou
 
 POSE_ESTIMATORS = ("rtmw", "dwpose", "yolo11-pose")
 
@@ -140,20 +141,12 @@ class RtmposeEstimator:
         return coco_wholebody_to_openpose(points)
 
 
-def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lo = np.maximum(box[:2], boxes[:, :2])
-    hi = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
-
-
 def pick_subject(person_boxes: np.ndarray, target: np.ndarray) -> int | None:
     """Which detected person is the subject: the one whose box overlaps ``target`` most
     (None when nothing overlaps it)."""
     if len(person_boxes) == 0:
         return None
-    iou = _box_iou(target, person_boxes)
+    iou = box_iou(target, person_boxes)
     best = int(np.argmax(iou))
     return best if iou[best] > 0 else None
 
