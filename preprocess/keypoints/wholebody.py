@@ -27,7 +27,10 @@ from typing import Protocol
 import numpy as np
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
-from preprocess.keypoints.coco_wholebody_to_openpose import coco_wholebody_to_openpose
+from preprocess.keypoints.coco_wholebody_to_openpose import (
+    COCO_WHOLEBODY_POINTS,
+    coco_wholebody_to_openpose,
+)
 from preprocess.track import box_iou
 
 POSE_ESTIMATORS = ("rtmw", "dwpose", "yolo11-pose")
@@ -127,13 +130,13 @@ class RtmposeEstimator:
         return out
 
     def _estimate_batch(self, frames: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        # rtmlib's normalisation constants expect OpenCV's BGR order.
+        # rtmlib and the models' own demos feed OpenCV's BGR frames: give them the same.
         pairs = zip(frames, boxes, strict=True)
         prepared = [self.model.preprocess(f[..., ::-1], b) for f, b in pairs]
         images = np.stack([p[0] for p in prepared]).transpose(0, 3, 1, 2)
         session = self.model.session
         outputs = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
-        points = np.zeros((len(frames), 133, 3), np.float32)
+        points = np.zeros((len(frames), COCO_WHOLEBODY_POINTS, 3), np.float32)
         for i, (_, center, scale) in enumerate(prepared):
             xy, score = self.model.postprocess([o[i : i + 1] for o in outputs], center, scale)
             # SimCC maxima are not probabilities and can pass 1: clip to OpenPose's range.
