@@ -167,14 +167,15 @@ def test_yolo_pose_loads_offline_and_maps_into_the_source_frame(yolo_pose_weight
     # A threshold of 0 keeps the random network's detections, so the path from its
     # keypoints to the record runs end to end.
     est = YoloPoseEstimator(yolo_pose_weights, confidence=0.0, image_size=96, batch_size=2)
-    frames, boxes = frames_and_boxes(3)
+    frames, boxes = frames_and_boxes(4)
     boxes[:, :2] += 100  # all regions start right of and below (100, 100) - margin
     boxes[:, 2:] += 100
     boxes[1] = np.nan
-    frames = np.zeros((3, 400, 500, 3), np.uint8) + frames[:, :1, :1]
+    boxes[3] = [600, 100, 700, 200]  # right of the 500-pixel-wide frame
+    frames = np.zeros((4, 400, 500, 3), np.uint8) + frames[:, :1, :1]
     out = est.estimate(frames, boxes)
-    assert out.shape == (3, NUM_KEYPOINTS, 3)
-    np.testing.assert_array_equal(out[1], 0.0)
+    assert out.shape == (4, NUM_KEYPOINTS, 3)
+    np.testing.assert_array_equal(out[[1, 3]], 0.0)
     for t in (0, 2):
         found = out[t, BODY][out[t, BODY, 2] > 0]
         assert len(found) > 0

@@ -11,10 +11,10 @@ Chosen by name (the ``--pose`` values besides OpenPose's own), one of ``POSE_EST
 Each estimator takes RGB frames and the subject's box in each (x1, y1, x2, y2, source
 pixels, as the person tracker gives them) and returns float32 [T, 137, 3] in the record's
 OpenPose layout, in source-frame pixels, through the one table in
-``preprocess.keypoints.coco_wholebody_to_openpose``. A frame whose box is missing (NaN or
-empty) gets an all-zero row. Weights come through each library's own download and cache
-(rtmlib: ``~/.cache/rtmlib/hub/checkpoints``; ultralytics: its weights directory) unless
-``weights`` names a local file.
+``preprocess.keypoints.coco_wholebody_to_openpose``. A frame whose box is missing (NaN,
+empty or outside the frame) gets an all-zero row. Weights come through each library's own
+download and cache (rtmlib: ``~/.cache/rtmlib/hub/checkpoints``; ultralytics: its weights
+directory) unless ``weights`` names a local file.
 """
 
 from __future__ import annotations
@@ -89,8 +89,14 @@ def _checked_boxes(frames: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarra
     return boxes
 
 
-def _has_box(box: np.ndarray) -> bool:
-    return bool(np.isfinite(box).all() and box[2] > box[0] and box[3] > box[1])
+def _has_box(box: np.ndarray, frame_size: tuple[int, ...]) -> bool:
+    """A finite, non-empty box that overlaps the frame."""
+    height, width = frame_size[:2]
+    return bool(
+        np.isfinite(box).all()
+        and max(box[0], 0) < min(box[2], width)
+        and max(box[1], 0) < min(box[3], height)
+    )
 
 
 class RtmposeEstimator:
@@ -123,7 +129,7 @@ class RtmposeEstimator:
     def estimate(self, frames: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
         boxes = _checked_boxes(frames, boxes)
         out = np.zeros((len(frames), NUM_KEYPOINTS, 3), np.float32)
-        todo = [i for i in range(len(frames)) if _has_box(boxes[i])]
+        todo = [i for i in range(len(frames)) if _has_box(boxes[i], frames[i].shape)]
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start : start + self.batch_size]
             out[rows] = self._estimate_batch([frames[i] for i in rows], boxes[rows])
@@ -191,7 +197,7 @@ class YoloPoseEstimator:
     def estimate(self, frames: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
         boxes = _checked_boxes(frames, boxes)
         out = np.zeros((len(frames), NUM_KEYPOINTS, 3), np.float32)
-        todo = [i for i in range(len(frames)) if _has_box(boxes[i])]
+        todo = [i for i in range(len(frames)) if _has_box(boxes[i], frames[i].shape)]
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start : start + self.batch_size]
             regions = [self._region(boxes[i], frames[i].shape[:2]) for i in rows]
