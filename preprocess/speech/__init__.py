@@ -1,0 +1,1 @@
+"""Speech in the interview video: its audio track, and a Whisper transcript with timestamps."""
