@@ -4,16 +4,27 @@ Writes one row per video (id, true label if known, pseudo label, prediction,
 P(win), the labeler's reasoning) for every record of the chosen splits. A
 workdir of ``hemo_jax.stack`` predicts with its full stage-1 runs and the
 fitted stacked fusion.
+
+``--windows W.csv`` also writes the evidence along each video: windows of the trained
+length laid over the whole video (``--windows_per_video`` at most), one row per window
+with its source-frame range, P(win) and log-odds; a stacked workdir's rows are its
+fusion applied to each full run's window log-odds (with the video's labeler verdict).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+
+import numpy as np
 from absl import app, flags
 
+from hemo_jax.contract import atomic
 from hemo_jax.contract.schema import SPLITS
 from hemo_jax.contract.shards import open_shards
+from hemo_jax.data import pipeline
 from hemo_jax.models import factory
-from hemo_jax.training import evaluation, report, stacked_runs
+from hemo_jax.training import evaluation, report, sharding, stacked_runs, stacking, trainer
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir or a stacked one.", required=True
@@ -22,6 +33,10 @@ _SHARDS = flags.DEFINE_string("shards", None, "Shard set to predict on (default:
 _SPLITS = flags.DEFINE_list("splits", list(SPLITS), "Splits to predict.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 _OUT = flags.DEFINE_string("out", None, "Output CSV.", required=True)
+_WINDOWS = flags.DEFINE_string("windows", None, "Also write per-window P(win) to this CSV.")
+_WINDOWS_PER_VIDEO = flags.DEFINE_integer(
+    "windows_per_video", 32, "Most windows laid over one video for --windows.", lower_bound=1
+)
 
 
 def predict(
@@ -51,6 +66,102 @@ def predict(
     return rows
 
 
+def _branch_windows(
+    workdir: str, shards, splits: list[str], checkpoint_step: str, windows: int
+) -> dict[tuple[int, int], tuple[int, int, float]]:
+    """(record index, window) → (first source frame, last source frame, P(win)) of one run,
+    every window of ``windows`` evenly spaced ones over each video."""
+    config, state, mesh, _ = evaluation.load_trained(
+        workdir, checkpoint_step=checkpoint_step, shards=str(shards.root)
+    )
+    with config.unlocked():
+        config.data.eval_windows = windows
+    span = config.data.max_frames * config.data.frame_stride
+    text_fn = factory.make_text_fn(config)
+    out: dict[tuple[int, int], tuple[int, int, float]] = {}
+    for split in splits:
+        if not any(info.split == split for info in shards.infos):
+            continue
+        evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn, split=split)
+        loader = pipeline.make_loader(
+            shards,
+            evaluator.pcfg,
+            train=False,
+            mesh=mesh,
+            data_axis=sharding.BATCH_AXES,
+            text_fn=text_fn,
+        )
+        step = None
+        with loader:
+            for batch in loader:
+                step = step or trainer.make_eval_step(
+                    state, mesh, batch, config.train.compute_dtype
+                )
+                prob = np.asarray(step(state.state, batch)["prob"])
+                video = np.asarray(batch["video_index"])
+                window = np.asarray(batch["window_index"])
+                for row in np.flatnonzero(np.asarray(batch["valid"])):
+                    index, w = int(video[row]), int(window[row])
+                    frames = shards.read(index, skip=("crops", "image_features")).keypoint_frames
+                    starts = pipeline.window_starts(len(frames), span, windows)
+                    last = min(starts[w] + span, len(frames)) - 1
+                    first_frame = int(frames[starts[w]]) if len(frames) else 0
+                    last_frame = int(frames[last]) if len(frames) else 0
+                    out[index, w] = (first_frame, last_frame, float(prob[row]))
+    return out
+
+
+def write_window_predictions(
+    workdir: str,
+    out: str,
+    *,
+    shards: str | None,
+    splits: list[str],
+    checkpoint_step: str,
+    windows: int,
+) -> int:
+    """The per-window evidence of ``--windows`` (see the module doc); the number of rows."""
+    if stacked_runs.is_stacked(workdir):
+        saved = stacked_runs.load(workdir)
+        shard_set = open_shards(shards or saved["shards"])
+        fusion = stacking.StackedFusion.from_json(saved)
+        runs = saved["full_runs"]
+    else:
+        config, *_ = evaluation.load_trained(
+            workdir, checkpoint_step=checkpoint_step, shards=shards
+        )
+        shard_set = open_shards(config.data.shards)
+        fusion, runs = None, {"model": workdir}
+    per_run = {
+        name: _branch_windows(run, shard_set, splits, checkpoint_step, windows)
+        for name, run in runs.items()
+    }
+    keys = sorted(set.intersection(*(set(v) for v in per_run.values())))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["video_id", "window", "first_frame", "last_frame", "probability_win", "log_odds"])
+    for index, window in keys:
+        first, last, prob = per_run[min(per_run)][index, window]
+        if fusion is not None:
+            info = shard_set.infos[index]
+            feats = [
+                float(
+                    stacking.labeler_evidence(
+                        np.array([info.pseudo_label]), np.array([info.pseudo_confidence])
+                    )[0]
+                )
+                if name == stacking.LABELER
+                else float(stacking.log_odds(np.array([per_run[name][index, window][2]]))[0])
+                for name in fusion.names
+            ]
+            prob = float(fusion.probability(np.array([feats]))[0])
+        odds = float(stacking.log_odds(np.array([prob]))[0])
+        vid = shard_set.infos[index].video_id
+        w.writerow([vid, window, first, last, f"{prob:.6f}", f"{odds:.6f}"])
+    atomic.write_bytes(out, buf.getvalue().encode())
+    return len(keys)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -62,6 +173,16 @@ def main(argv: list[str]) -> None:
         checkpoint_step=_CHECKPOINT.value,
     )
     print(f"wrote {len(rows)} predictions to {_OUT.value}")
+    if _WINDOWS.value:
+        n = write_window_predictions(
+            _WORKDIR.value,
+            _WINDOWS.value,
+            shards=_SHARDS.value,
+            splits=_SPLITS.value,
+            checkpoint_step=_CHECKPOINT.value,
+            windows=_WINDOWS_PER_VIDEO.value,
+        )
+        print(f"wrote {n} windows to {_WINDOWS.value}")
 
 
 if __name__ == "__main__":

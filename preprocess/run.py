@@ -78,6 +78,8 @@ from preprocess.corpora.imigue import (
     SplitSpec,
     build_manifest,
 )
+from preprocess.corpora.videos import video_rows
+from preprocess.keypoints.wholebody import POSE_ESTIMATORS
 from preprocess.labeling import prompts
 from preprocess.labeling.batch import BatchLabeler
 from preprocess.labeling.config import LabelerConfig
@@ -90,8 +92,10 @@ from preprocess.video.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
 
 log = logging.getLogger(__name__)
 
-CORPORA = ("imigue", "synthetic")  # also the records' `source`
-DEFAULT_DETECTOR = {"imigue": "yolo", "synthetic": "keypoints"}
+CORPORA = ("imigue", "synthetic", "videos")  # also the records' `source`
+DEFAULT_DETECTOR = {"imigue": "yolo", "synthetic": "keypoints", "videos": "yolo"}
+# --pose: OpenPose's JSON folders only, those or its binary, or a pip pose estimator.
+POSE_CHOICES = ("openpose-json", "openpose-bin", *POSE_ESTIMATORS)
 LABELERS = ("gemini", "gemini-batch", "none")
 STATUS_FILE = "preprocess_status.json"
 OPENPOSE_SUBDIR = "openpose"  # JSON folders the OpenPose binary writes, under out
@@ -110,6 +114,10 @@ class RunConfig:
     ``out/label_cache``. ``openpose_binary``: run OpenPose for videos that have
     no JSON folder. ``skeleton_errors`` goes to the OpenPose reader (``"skip"``
     turns malformed frame files into zero rows instead of failing the video).
+    ``pose`` (one of ``POSE_CHOICES``; None: ``openpose-bin`` when a binary is given, else
+    ``openpose-json``) says where keypoints come from; ``asr`` names a Whisper model for
+    transcripts from speech. The ``videos`` corpus reads ``videos`` (folders, files, globs;
+    empty: ``root``) with no labels, every record of subject ``subject`` (empty: itself).
     """
 
     corpus: str
@@ -129,8 +137,22 @@ class RunConfig:
     skeleton_errors: str = "raise"
     records_per_shard: int = 16
     progress: bool = True
+    pose: str | None = None
+    pose_weights: str | None = None
+    asr: str | None = None
+    videos: tuple[str, ...] = ()
+    subject: str = ""
 
     def __post_init__(self) -> None:
+        if self.pose is not None and self.pose not in POSE_CHOICES:
+            raise RunError(f"pose {self.pose!r} is not one of {POSE_CHOICES}")
+        if self.pose_choice == "openpose-bin" and self.openpose_binary is None:
+            raise RunError("--pose openpose-bin needs --openpose-bin (the OpenPose binary)")
+        if self.pose_choice in POSE_ESTIMATORS and self.detector_name == "keypoints":
+            raise RunError(
+                f"--pose {self.pose_choice} finds keypoints in the person boxes, which the "
+                "keypoints detector takes from keypoints: choose --detector yolo or full-frame"
+            )
         if self.corpus not in CORPORA:
             raise RunError(f"corpus {self.corpus!r} is not one of {CORPORA}")
         if self.labeler not in LABELERS:
@@ -141,6 +163,12 @@ class RunConfig:
             raise RunError(f"skeleton_errors {self.skeleton_errors!r} is not raise or skip")
         if self.records_per_shard < 1:
             raise RunError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+
+    @property
+    def pose_choice(self) -> str:
+        if self.pose is not None:
+            return self.pose
+        return "openpose-bin" if self.openpose_binary is not None else "openpose-json"
 
     @property
     def detector_name(self) -> str:
@@ -168,9 +196,12 @@ class RunConfig:
             skeleton_errors=self.skeleton_errors,
             labeler=self.label_settings if self.labeler != "none" else None,
             keep_unlabelled=self.keep_unlabelled,
-            openpose_binary=self.openpose_binary,
+            openpose_binary=self.openpose_binary if self.pose_choice == "openpose-bin" else None,
             openpose_models=self.openpose_models,
             openpose_out=Path(self.out) / OPENPOSE_SUBDIR,
+            pose=self.pose_choice if self.pose_choice in POSE_ESTIMATORS else steps.OPENPOSE,
+            pose_weights=self.pose_weights,
+            asr=self.asr,
         )
 
     def record_settings(self) -> dict[str, Any]:
@@ -187,6 +218,10 @@ class RunConfig:
         }
         if self.detector_name == "yolo":
             settings["yolo_weights"] = Path(self.yolo_weights).name
+        if self.pose_choice in POSE_ESTIMATORS:  # OpenPose's keypoints say so in each record
+            settings["pose"] = self.pose_choice
+        if self.asr is not None:
+            settings["asr"] = Path(self.asr).name
         if self.labeler != "none":
             label = self.label_settings
             settings["labeler_model"] = label.model
@@ -312,6 +347,12 @@ def _read_manifest(layout: CorpusLayout, split: SplitSpec) -> tuple[list[Manifes
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return rows, notes
+
+
+def _corpus_rows(config: RunConfig) -> tuple[list[ManifestRow], list[str]]:
+    if config.corpus == "videos":
+        return video_rows(config.videos or (config.root,), subject_id=config.subject), []
+    return _read_manifest(config.corpus_layout, config.split)
 
 
 def _keypoint_only_defaults(corpus: str, root: Path) -> tuple[float, tuple[int, int]]:
@@ -457,7 +498,7 @@ def run_corpus(config: RunConfig) -> RunSummary:
     out.mkdir(parents=True, exist_ok=True)
     stored = _stored_ids(out)
     status = _Status(out, config.record_settings(), stored)
-    rows, corpus_notes = _read_manifest(config.corpus_layout, config.split)
+    rows, corpus_notes = _corpus_rows(config)
     by_id = {r.video_id: r for r in rows}
     todo = [r for r in rows if r.video_id not in stored]
     skipped = [r.video_id for r in rows if r.video_id in stored]

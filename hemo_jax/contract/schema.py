@@ -67,6 +67,10 @@ class VideoRecord:
     image_features: np.ndarray | None = None  # float16 [T_img, D]
     transcript: str = ""
     reasoning: str = ""
+    # What made the keypoints: "openpose" (its JSON or binary), a pose estimator's name
+    # (preprocess.keypoints.wholebody), or "" (unknown, or no keypoint rows). A model learns
+    # one source's points, so predicting on another's is refused.
+    keypoint_source: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -90,6 +94,7 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "fps": (int, float),
     "transcript": str,
     "reasoning": str,
+    "keypoint_source": str,
 }
 
 

@@ -84,6 +84,7 @@ class RecordInfo:
     feature_dim: int | None
     transcript_chars: int
     reasoning_chars: int
+    keypoint_source: str = ""  # VideoRecord.keypoint_source
 
     @classmethod
     def of(cls, record: VideoRecord) -> RecordInfo:
@@ -101,6 +102,7 @@ class RecordInfo:
             feature_dim=None if feats is None else int(feats.shape[1]),
             transcript_chars=len(record.transcript),
             reasoning_chars=len(record.reasoning),
+            keypoint_source=record.keypoint_source,
         )
 
 
