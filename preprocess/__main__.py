@@ -5,6 +5,8 @@ Commands:
   manifest  read a corpus (iMiGUE layout) and print its per-split counts
   run       a corpus → raw shards: crops, keypoints, pseudo labels (see preprocess.run)
   label     pseudo labels for video files from a VLM (see preprocess.labeling.cli)
+  predict   video files → a trained run's predictions and a page per video
+            (see preprocess.predict.command)
 
 Each command is one ``_add_<name>`` function that registers its arguments and
 sets ``run`` to the function that carries it out; heavy modules are imported
@@ -184,8 +186,16 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "the status and the summary are in --out/preprocess_status.json. Exits 1 when a video "
         "failed.",
     )
-    p.add_argument("--corpus", choices=CORPORA, required=True, help="also the records' source")
+    p.add_argument(
+        "--corpus",
+        choices=CORPORA,
+        required=True,
+        help="also the records' source; videos: --root is a folder of video files, one "
+        "file or a glob, with no labels",
+    )
     _add_corpus_arguments(p)
+    p.add_argument("--subject", default="", help="videos: every video's subject (default: itself)")
+    _add_pose_and_speech(p)
     p.add_argument("--out", type=Path, required=True, help="raw shard set folder")
     p.add_argument(
         "--detector",
@@ -240,6 +250,32 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_run)
 
 
+def _add_pose_and_speech(p: argparse.ArgumentParser) -> None:
+    """Where keypoints and transcripts come from (run and predict)."""
+    from preprocess.run import POSE_CHOICES
+
+    p.add_argument(
+        "--pose",
+        choices=POSE_CHOICES,
+        default=None,
+        help="keypoints: OpenPose's JSON folders, those or the OpenPose binary "
+        "(--openpose-bin), or a pip pose estimator on the person crops (default: "
+        "openpose-bin when --openpose-bin is given, else openpose-json)",
+    )
+    p.add_argument(
+        "--pose-weights",
+        default=None,
+        help="the pose estimator's weights (a local file; default: its library's download)",
+    )
+    p.add_argument(
+        "--asr",
+        default=None,
+        metavar="MODEL",
+        help="transcripts from speech with this Whisper model (a Hugging Face name or a "
+        "folder), for videos without a transcript file; off by default",
+    )
+
+
 def _run_run(args: argparse.Namespace) -> int:
     import logging
 
@@ -285,6 +321,11 @@ def _run_run(args: argparse.Namespace) -> int:
             skeleton_errors=args.skeleton_errors,
             records_per_shard=args.records_per_shard,
             progress=not args.no_progress,
+            pose=args.pose,
+            pose_weights=args.pose_weights,
+            asr=args.asr,
+            videos=(str(args.root),) if args.corpus == "videos" else (),
+            subject=args.subject,
         )
         summary = run_corpus(config)
     except (RunError, MissingAPIKeyError, ValueError, FileNotFoundError) as e:
@@ -319,6 +360,92 @@ def _run_label(args: argparse.Namespace) -> int:
     return cli.main(args)
 
 
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    from preprocess.run import LABELERS
+    from preprocess.video.detect import DETECTORS
+
+    p = commands.add_parser(
+        "predict",
+        help="video files → a trained run's predictions and a page per video",
+        description="Preprocesses the videos as the run was trained (keypoint source, "
+        "detector, image rate), encodes their crops and predicts with `python -m "
+        "hemo_jax.encode` and `python -m hemo_jax.predict`, then writes OUT/predictions.csv "
+        "and OUT/pages/<video>.html. A video that cannot be used is listed with the reason "
+        "and the others go on; exits 1 when one failed.",
+    )
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders or globs")
+    p.add_argument(
+        "--workdir", type=Path, required=True, help="a training run's workdir or a stacked one"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: WORKDIR/predictions)"
+    )
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    _add_pose_and_speech(p)
+    p.add_argument(
+        "--detector", choices=DETECTORS, default=None, help="default: the run's, else yolo"
+    )
+    p.add_argument("--yolo-weights", default=None, help="default: the run's, else yolo11x.pt")
+    p.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best)")
+    p.add_argument("--image-fps", default=None, help="crops per second (default: the run's)")
+    p.add_argument(
+        "--labeler",
+        choices=[name for name in LABELERS if name != "gemini-batch"],
+        default="none",
+        help="a VLM's verdict and reasoning for each video (gemini needs GEMINI_API_KEY)",
+    )
+    p.add_argument("--base-url", help="send label requests to this endpoint instead")
+    p.add_argument("--windows-per-video", type=int, default=32, help="timeline windows at most")
+    p.add_argument("--subject", default="", help="every video's subject (default: itself)")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import logging
+
+    from preprocess.labeling.config import LabelerConfig, MissingAPIKeyError
+    from preprocess.predict.command import PredictConfig, PredictError, predict_videos
+    from preprocess.predict.trained_run import TrainedRunError
+    from preprocess.run import RunError, parse_image_fps
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = args.out or args.workdir / "predictions"
+    try:
+        summary = predict_videos(
+            PredictConfig(
+                workdir=args.workdir,
+                videos=tuple(args.videos),
+                out=out,
+                pose=args.pose,
+                pose_weights=args.pose_weights,
+                asr=args.asr,
+                detector=args.detector,
+                yolo_weights=args.yolo_weights,
+                device=args.device,
+                image_fps=parse_image_fps(args.image_fps) if args.image_fps else None,
+                labeler=args.labeler,
+                labeler_config=LabelerConfig(
+                    cache_dir=out / "raw" / "label_cache", base_url=args.base_url
+                ),
+                checkpoint=args.checkpoint,
+                windows_per_video=args.windows_per_video,
+                subject=args.subject,
+            )
+        )
+    except (
+        PredictError,
+        TrainedRunError,
+        RunError,
+        MissingAPIKeyError,
+        ValueError,
+        FileNotFoundError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m preprocess", description=__doc__.split("\n")[0]
@@ -328,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest(commands)
     _add_run(commands)
     _add_label(commands)
+    _add_predict(commands)
     return parser
 
 
