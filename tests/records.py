@@ -48,15 +48,18 @@ def record(i: int, label: int, *, split: str, frames: int = 48, dim: int = 8, **
     )
 
 
-def write_learnable_shards(path, *, train: int = 16, test: int = 8, unlabeled: int = 8) -> str:
+def write_learnable_shards(
+    path, *, train: int = 16, test: int = 8, unlabeled: int = 8, keypoint_source: str = ""
+) -> str:
     """Train/test/unlabeled records; image features have width ``FEATURE_DIM``."""
-    recs = [record(i, i % 2, split="train") for i in range(train)]
+    kw = {"keypoint_source": keypoint_source}
+    recs = [record(i, i % 2, split="train", **kw) for i in range(train)]
     recs += [
-        record(100 + i, i % 2, split="test", pseudo_label=i % 2, pseudo_confidence=0.8)
+        record(100 + i, i % 2, split="test", pseudo_label=i % 2, pseudo_confidence=0.8, **kw)
         for i in range(test)
     ]
     recs += [
-        record(200 + i, i % 2, split="unlabeled", pseudo_label=i % 2, pseudo_confidence=0.9)
+        record(200 + i, i % 2, split="unlabeled", pseudo_label=i % 2, pseudo_confidence=0.9, **kw)
         for i in range(unlabeled)
     ]
     write_records(recs, path, records_per_shard=8)
