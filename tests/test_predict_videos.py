@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,8 +21,18 @@ from records import ROOT, launch_train, run_env, write_learnable_shards
 from speech_models import CARPHONE
 
 from hemo_jax.contract.shards import open_shards
-from preprocess.predict.command import PredictConfig, PredictError, predict_videos
-from preprocess.predict.trained_run import read_trained_run
+from preprocess.predict.command import (
+    PredictConfig,
+    PredictError,
+    _missing_inputs,
+    predict_videos,
+)
+from preprocess.predict.trained_run import (
+    ENCODER_KEYS,
+    TrainedRun,
+    encode_overrides,
+    read_trained_run,
+)
 
 RTMW_INPUT = (288, 384)  # rtmlib's input size for RTMW, which make_pose_estimator asks for
 
@@ -151,3 +162,78 @@ def test_a_stacked_run_reads_its_full_runs_and_its_labeler_feature(tmp_path):
     assert run.kind == "stacked" and run.branches == ("keypoints", "text")
     assert run.uses_labeler and run.keypoint_sources == {"openpose"}
     assert run.checkpoints == {str(w): 4 for w in runs.values()}
+
+
+def _apply(config, flags: list[str]) -> None:
+    """``--config.a.b=v`` overrides onto an ml_collections config, typed as its fields."""
+    for flag in flags:
+        path, value = flag.removeprefix("--config.").split("=", 1)
+        *parents, name = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[name] = type(node[name])(value)
+
+
+def test_encoder_flags_rebuild_the_settings_a_run_trained_on():
+    from configs import encode as encode_config
+    from hemo_jax import encode
+
+    for variant in ("smoke", "demo"):
+        config = encode_config.get_config(variant)
+        model, checkpoint = encode.build_model(config.model, seed=3)
+        with config.unlocked():
+            config.seed = 3
+        image = dataclasses.replace(
+            encode.ImageSettings(),
+            shortest_edge=config.image.shortest_edge,
+            crop_size=config.image.crop_size,
+        )
+        trained = encode._settings(config, model, checkpoint, image)
+        again = encode_config.get_config()  # the defaults: a pretrained checkpoint
+        _apply(again, encode_overrides(trained))
+        model2, checkpoint2 = encode.build_model(again.model, seed=again.seed)
+        image2 = dataclasses.replace(
+            encode.ImageSettings(),
+            shortest_edge=again.image.shortest_edge,
+            crop_size=again.image.crop_size,
+        )
+        made = encode._settings(again, model2, checkpoint2, image2)
+        assert {k: made[k] for k in ENCODER_KEYS} == {k: trained[k] for k in ENCODER_KEYS}
+
+
+def test_a_video_missing_what_the_runs_branches_read_is_named():
+    from records import record
+
+    def run(*branches):
+        return dataclasses.replace(_RUN, branches=branches)
+
+    rec = record(0, 1, split="unlabeled")
+    assert _missing_inputs(rec, run("keypoints", "image", "text"), []) is None
+    blank = dataclasses.replace(rec, keypoints=rec.keypoints * 0)
+    assert "reads keypoints and none were found" in _missing_inputs(blank, run("keypoints"), [])
+    assert _missing_inputs(blank, run("image"), []) is None
+    cropless = dataclasses.replace(
+        rec, crop_frames=rec.crop_frames[:0], boxes=rec.boxes[:0], image_features=None
+    )
+    assert "reads person crops and the video gave none" in _missing_inputs(
+        cropless, run("image"), []
+    )
+    nobody = ["no person found by the yolo detector: crops are of the fallback box"]
+    assert "no person was found" in _missing_inputs(rec, run("image"), nobody)
+    silent = dataclasses.replace(rec, transcript="")
+    why = _missing_inputs(silent, run("text"), ["no audio track: no transcript"])
+    assert why == "the run reads a transcript and no audio track: no transcript"
+
+
+_RUN = TrainedRun(
+    workdir=Path("run"),
+    kind="trained",
+    branches=("keypoints",),
+    shards=Path("shards"),
+    checkpoints={},
+    keypoint_sources=frozenset({"rtmw"}),
+    encoder=None,
+    preprocess=None,
+    uses_labeler=False,
+)

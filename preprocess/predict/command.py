@@ -144,7 +144,7 @@ def _missing_inputs(record: VideoRecord, run: TrainedRun, notes: list[str]) -> s
     if "keypoints" in run.branches and not (record.keypoints[..., 2] > 0).any():
         return "the run reads keypoints and none were found in the video (no person?)"
     if "image" in run.branches:
-        if not record.crops:
+        if not record.num_images:  # read without the crops themselves
             return "the run reads person crops and the video gave none"
         if any(n.startswith("no person found") for n in notes):
             return "the run reads person crops and no person was found in the video"
