@@ -57,7 +57,9 @@ def _predict(workdir, out, *args, env):
     )
 
 
-def test_videos_to_predictions_csv_and_a_page_with_the_failures_listed(trained):
+@pytest.fixture(scope="module")
+def predicted(trained):
+    """The clip, a file that is no video and a path that is not there, through the run."""
     base, workdir, env = trained
     pose = simcc_model(base / "rtmw.onnx", input_size=RTMW_INPUT)
     not_video = base / "notes.mp4"
@@ -74,18 +76,26 @@ def test_videos_to_predictions_csv_and_a_page_with_the_failures_listed(trained):
         base / "missing.mp4",
         env=env,
     )
+    return out, done
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def test_videos_to_predictions_csv_and_a_page_with_the_failures_listed(trained, predicted):
+    base, workdir, _ = trained
+    out, done = predicted
     assert done.returncode == 1, done.stderr[-4000:]  # a video failed, the rest went on
 
-    with open(out / "predictions.csv", newline="") as f:
-        (row,) = list(csv.DictReader(f))
+    (row,) = _csv(out / "predictions.csv")
     assert row["video_id"] == "carphone_pristine" and row["video"] == str(CARPHONE)
     p_win, p_lose = float(row["probability_win"]), float(row["probability_lose"])
     assert 0 < p_win < 1 and p_win + p_lose == pytest.approx(1, abs=2e-6)
     assert row["prediction"] == ("win" if p_win >= 0.5 else "lose")
     assert row["model"] == f"trained keypoints ({workdir})"
     assert row["checkpoint"] == f"{workdir} step 6"  # the smoke config's last step
-    with open(out / "model_predictions.csv", newline="") as f:
-        (model_row,) = list(csv.DictReader(f))
+    (model_row,) = _csv(out / "model_predictions.csv")
     assert float(model_row["probability_win"]) == pytest.approx(p_win, abs=1e-6)
 
     # The record: keypoints from the estimator at the crop frames, made as the run's were.
@@ -97,7 +107,7 @@ def test_videos_to_predictions_csv_and_a_page_with_the_failures_listed(trained):
     assert (record.keypoints[..., 2] > 0).any()
 
     page = (out / row["page"]).read_text()
-    windows = list(csv.DictReader((out / "windows.csv").read_text().splitlines()))
+    windows = _csv(out / "windows.csv")
     assert windows and {w["video_id"] for w in windows} == {"carphone_pristine"}
     assert page.count('<rect x="') == len(windows)  # one bar per window on the timeline
     assert f"P(win) {p_win:.3f}" in page and "Keypoint motion energy" in page
@@ -121,6 +131,51 @@ def test_keypoints_from_another_source_than_the_runs_are_refused_naming_both(tra
     assert "trained on keypoints from rtmw" in done.stderr
     assert "--pose yolo11-pose makes them with yolo11-pose" in done.stderr
     assert not (base / "other" / "raw").exists()  # refused before any work
+
+
+def test_a_stacked_run_fuses_its_full_runs_window_by_window(trained, predicted):
+    """A stacked workdir over the trained run (as its keypoints branch) and the labeler's
+    verdict: each window's log-odds is the fusion of the run's window log-odds."""
+    base, workdir, env = trained
+    out, _ = predicted
+    stacked = base / "stacked"
+    stacked.mkdir()
+    (stacked / "stack.json").write_text(
+        json.dumps(
+            {
+                "features": ["keypoints", "labeler"],
+                "coef": [2.0, 1.5],
+                "intercept": 0.25,
+                "full_runs": {"keypoints": str(workdir)},
+                "shards": str(base / "shards"),
+            }
+        )
+    )
+    pose = base / "rtmw.onnx"
+    done = _predict(
+        stacked, base / "stacked_out", "--pose=rtmw", f"--pose-weights={pose}",
+        "--detector=full-frame", CARPHONE, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    def fused(p):  # no labeler ran: its verdict is 0
+        return 1 / (1 + np.exp(-(2.0 * np.log(p / (1 - p)) + 0.25)))
+
+    (single,) = _csv(out / "model_predictions.csv")
+    (row,) = _csv(base / "stacked_out" / "predictions.csv")
+    assert row["model"] == f"stacked keypoints ({stacked})"
+    assert row["checkpoint"] == f"{workdir} step 6"
+    expected = fused(float(single["probability_win"]))
+    assert float(row["probability_win"]) == pytest.approx(expected, abs=1e-5)
+    windows = _csv(base / "stacked_out" / "windows.csv")
+    alone = _csv(out / "windows.csv")
+    assert len(windows) == len(alone) > 0
+    for w, a in zip(windows, alone, strict=True):
+        assert (w["first_frame"], w["last_frame"]) == (a["first_frame"], a["last_frame"])
+        want = fused(float(a["probability_win"]))
+        assert float(w["probability_win"]) == pytest.approx(want, abs=1e-5)
+    page = (base / "stacked_out" / row["page"]).read_text()
+    assert "weighs a labeler&#x27;s verdict; none ran" in page
 
 
 def _config_only_run(path: Path, shards: str, branches: list[str]) -> Path:
