@@ -395,6 +395,8 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         help="a VLM's verdict and reasoning for each video (gemini needs GEMINI_API_KEY)",
     )
     p.add_argument("--base-url", help="send label requests to this endpoint instead")
+    p.add_argument("--openpose-bin", type=Path, default=None, help="for --pose openpose-bin")
+    p.add_argument("--openpose-models", type=Path, default=None, help="OpenPose models folder")
     p.add_argument("--windows-per-video", type=int, default=32, help="timeline windows at most")
     p.add_argument("--subject", default="", help="every video's subject (default: itself)")
     p.set_defaults(run=_run_predict)
@@ -404,8 +406,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import logging
 
     from preprocess.labeling.config import LabelerConfig, MissingAPIKeyError
-    from preprocess.predict.command import PredictConfig, PredictError, predict_videos
-    from preprocess.predict.trained_run import TrainedRunError
+    from preprocess.predict.command import PredictConfig, predict_videos
     from preprocess.run import RunError, parse_image_fps
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -428,18 +429,14 @@ def _run_predict(args: argparse.Namespace) -> int:
                     cache_dir=out / "raw" / "label_cache", base_url=args.base_url
                 ),
                 checkpoint=args.checkpoint,
+                openpose_binary=args.openpose_bin,
+                openpose_models=args.openpose_models,
                 windows_per_video=args.windows_per_video,
                 subject=args.subject,
             )
         )
-    except (
-        PredictError,
-        TrainedRunError,
-        RunError,
-        MissingAPIKeyError,
-        ValueError,
-        FileNotFoundError,
-    ) as e:
+    # PredictError and TrainedRunError are ValueErrors: settings that fail every video.
+    except (RunError, MissingAPIKeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.text())

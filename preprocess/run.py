@@ -1,7 +1,8 @@
 """One command from a corpus on disk to raw shards: ``python -m preprocess run``.
 
 Per video of the corpus manifest (``preprocess.corpora.imigue``; the synthetic corpus
-has the same layout), the steps of ``preprocess.steps``:
+has the same layout; ``videos`` is a folder, file or glob of unlabelled video files,
+``preprocess.corpora.videos``), the steps of ``preprocess.steps``:
 
 1. keypoints from the video's OpenPose JSON folder (``preprocess.keypoints.openpose``);
    a video without one gets it from the OpenPose binary when one is
@@ -13,6 +14,11 @@ has the same layout), the steps of ``preprocess.steps``:
    (``preprocess.labeling.labeler``), or none (``pseudo_label`` −1);
 4. one ``VideoRecord`` (with the transcript when the corpus has one) → the raw
    shard set in ``out`` (``preprocess.shards.write_videos``).
+
+``pose`` other than OpenPose's: step 1 is replaced by a pip pose estimator on the
+subject's box in each cropped frame (``preprocess.keypoints.wholebody``); ``asr``: the
+transcript of a video without a transcript file is what Whisper hears
+(``preprocess.speech``). Each record names its ``keypoint_source``.
 
 This module is the local orchestration around those steps: the thread pool of label
 requests, the shard writer, resuming and the status file.

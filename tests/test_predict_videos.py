@@ -266,7 +266,8 @@ def test_a_video_missing_what_the_runs_branches_read_is_named():
     rec = record(0, 1, split="unlabeled")
     assert _missing_inputs(rec, run("keypoints", "image", "text"), []) is None
     blank = dataclasses.replace(rec, keypoints=rec.keypoints * 0)
-    assert "reads keypoints and none were found" in _missing_inputs(blank, run("keypoints"), [])
+    why = _missing_inputs(blank, run("keypoints"), [])
+    assert why == "the run reads keypoints and none were found in the video"
     assert _missing_inputs(blank, run("image"), []) is None
     cropless = dataclasses.replace(
         rec, crop_frames=rec.crop_frames[:0], boxes=rec.boxes[:0], image_features=None
@@ -275,7 +276,9 @@ def test_a_video_missing_what_the_runs_branches_read_is_named():
         cropless, run("image"), []
     )
     nobody = ["no person found by the yolo detector: crops are of the fallback box"]
-    assert "no person was found" in _missing_inputs(rec, run("image"), nobody)
+    why = _missing_inputs(rec, run("image", "keypoints", "text"), nobody)
+    assert why == "the run reads image and keypoints and no person was found in the video"
+    assert _missing_inputs(rec, run("text"), nobody) is None
     silent = dataclasses.replace(rec, transcript="")
     why = _missing_inputs(silent, run("text"), ["no audio track: no transcript"])
     assert why == "the run reads a transcript and no audio track: no transcript"

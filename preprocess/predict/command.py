@@ -77,6 +77,8 @@ class PredictConfig:
     labeler: str = "none"
     labeler_config: LabelerConfig | None = None
     checkpoint: str = "latest"
+    openpose_binary: Path | None = None  # for a run trained on OpenPose's keypoints
+    openpose_models: Path | None = None
     windows_per_video: int = 32
     subject: str = ""
     python: str = sys.executable  # runs the JAX side's commands
@@ -141,13 +143,14 @@ def _inputs(videos: tuple[str, ...]) -> tuple[list[str], dict[str, dict[str, str
 
 def _missing_inputs(record: VideoRecord, run: TrainedRun, notes: list[str]) -> str | None:
     """Why the run cannot read this record, or None."""
+    seen = {"keypoints", "image"} & set(run.branches)
+    if seen and any(n.startswith("no person found") for n in notes):
+        # The crops (and the keypoints found in them) are of the fallback box: nobody.
+        return f"the run reads {' and '.join(sorted(seen))} and no person was found in the video"
     if "keypoints" in run.branches and not (record.keypoints[..., 2] > 0).any():
-        return "the run reads keypoints and none were found in the video (no person?)"
-    if "image" in run.branches:
-        if not record.num_images:  # read without the crops themselves
-            return "the run reads person crops and the video gave none"
-        if any(n.startswith("no person found") for n in notes):
-            return "the run reads person crops and no person was found in the video"
+        return "the run reads keypoints and none were found in the video"
+    if "image" in run.branches and not record.num_images:  # read without the crops
+        return "the run reads person crops and the video gave none"
     if "text" in run.branches and not record.transcript.strip():
         heard = [n for n in notes if "audio" in n or "speech" in n]
         return "the run reads a transcript and " + (heard[0] if heard else "there is none")
@@ -252,6 +255,8 @@ def predict_videos(config: PredictConfig) -> PredictSummary:
             device=config.device,
             pose=pose,
             pose_weights=config.pose_weights,
+            openpose_binary=config.openpose_binary,
+            openpose_models=config.openpose_models,
             asr=config.asr,
             progress=False,
         )
