@@ -12,8 +12,9 @@ from absl import app, flags
 
 from hemo_jax.contract.schema import SPLITS
 from hemo_jax.contract.shards import open_shards
-from hemo_jax.models import factory
-from hemo_jax.training import evaluation, report, stacked_runs
+from hemo_jax.experiment import stack
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import report
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir or a stacked one.", required=True
@@ -30,22 +31,19 @@ def predict(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown splits {unknown}; expected some of {SPLITS}")
-    if stacked_runs.is_stacked(workdir):
-        shard_set = open_shards(shards or stacked_runs.load(workdir)["shards"])
-        rows = stacked_runs.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)
+    if stack.is_stacked(workdir):
+        shard_set = open_shards(shards or stack.load(workdir)["shards"])
+        rows = stack.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)
         report.write_predictions_csv(out, rows)
         return rows
-    config, state, mesh, _ = evaluation.load_trained(
-        workdir, checkpoint_step=checkpoint_step, shards=shards
-    )
-    shard_set = open_shards(config.data.shards)
-    text_fn = factory.make_text_fn(config)
+    trained = load_trained(workdir, checkpoint_step=checkpoint_step, shards=shards)
+    shard_set = open_shards(trained.config.data.shards)
     rows = []
     for split in splits:
         if not any(info.split == split for info in shard_set.infos):
             continue
-        evaluator = evaluation.Evaluator(config, shard_set, mesh, text_fn=text_fn, split=split)
-        pred = evaluator.predict(state)
+        evaluator = trained.experiment.evaluator(shard_set, trained.mesh, split)
+        pred = evaluator.predict(trained.model)
         rows += report.video_predictions(shard_set, pred.record_index, pred.probability)
     report.write_predictions_csv(out, rows)
     return rows

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hemo_jax.training import checkpoint, evaluation
+from hemo_jax.training import checkpoint, evaluation, initialization
 
 
 def _state(scale):
@@ -74,6 +74,9 @@ def test_resuming_into_a_different_state_names_every_difference(tmp_path):
     assert "shape of params/w: checkpoint (2, 3), config (2, 4)" in message
 
 
+NO_HEADS = initialization.stage1_rule((r"/head/",))
+
+
 def test_merge_params_is_strict_and_reports_every_problem():
     target = {
         "branches": {
@@ -82,7 +85,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
         }
     }
     good = {"enc": {"w": np.ones((2, 2))}, "head": {"w": np.ones((4, 4))}}
-    merged = checkpoint.merge_params(target, good, prefix="branches/keypoints", skip=(r"/head/",))
+    merged = checkpoint.merge_params(target, good, prefix="branches/keypoints", loaded=NO_HEADS)
     np.testing.assert_array_equal(merged["branches"]["keypoints"]["enc"]["w"], np.ones((2, 2)))
     # The skipped head keeps its initial value; other branches are untouched.
     np.testing.assert_array_equal(merged["branches"]["keypoints"]["head"]["w"], np.zeros((2, 2)))
@@ -90,7 +93,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
 
     bad = {"enc": {"v": np.ones((2, 2))}, "extra": {"w": np.ones(1)}}
     with pytest.raises(checkpoint.CheckpointMismatch) as e:
-        checkpoint.merge_params(target, bad, prefix="branches/keypoints", skip=(r"/head/",))
+        checkpoint.merge_params(target, bad, prefix="branches/keypoints", loaded=NO_HEADS)
     msg = str(e.value)
     assert "missing in checkpoint: branches/keypoints/enc/w" in msg
     assert "unexpected in checkpoint: branches/keypoints/enc/v" in msg
@@ -98,7 +101,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
 
     shaped = {"enc": {"w": np.ones((3, 2))}}
     with pytest.raises(checkpoint.CheckpointMismatch, match=r"shape of branches/keypoints/enc/w"):
-        checkpoint.merge_params(target, shaped, prefix="branches/keypoints", skip=(r"/head/",))
+        checkpoint.merge_params(target, shaped, prefix="branches/keypoints", loaded=NO_HEADS)
 
 
 def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):

@@ -55,7 +55,6 @@ class PipelineConfig:
     splits: tuple[str, ...] = ("train",)
     pseudo_pool: str = "none"  # none | unlabeled | test: pseudo-labelled pool (training)
     min_pseudo_confidence: float = 0.0
-    pseudo_weight: float = 1.0
     confidence_weighting: bool = True  # pool records weighted by labeler confidence
     balance_classes: bool = False  # class-weighted loss
     balanced_sampling: bool = False  # repeat minority-class records instead
@@ -295,7 +294,6 @@ def make_dataset(
         splits=config.splits,
         pseudo_pool=config.pseudo_pool,
         min_pseudo_confidence=config.min_pseudo_confidence,
-        pseudo_weight=config.pseudo_weight,
         confidence_weighting=config.confidence_weighting,
         balance_classes=config.balance_classes,
         balanced_sampling=config.balanced_sampling,
