@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hemo_jax.training import checkpoint, evaluation, initialization
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import checkpoint, initialization
 
 
 def _state(scale):
@@ -109,7 +110,7 @@ def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
         checkpoint.load_params(str(typo))
     with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
-        evaluation.load_trained(str(typo))
+        load_trained(str(typo))
     store = checkpoint.CheckpointStore(str(tmp_path / "run"), best_metric=None)
     try:
         with pytest.raises(
@@ -129,7 +130,7 @@ def test_readers_name_a_step_that_is_not_there(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*holds \[2, 4\]"):
         checkpoint.load_params(str(tmp_path), step=3)
     with pytest.raises(ValueError, match="checkpoint 'last' is not latest, best or a step"):
-        evaluation.load_trained(str(tmp_path), checkpoint_step="last")
+        load_trained(str(tmp_path), checkpoint_step="last")
 
 
 def test_load_params_reads_a_checkpoint_of_sharded_arrays_as_numpy(tmp_path):
