@@ -4,6 +4,10 @@ Stage 1 trains one branch with its own head; stage 2 (configs/finetune.py)
 trains the fused model from the stage-1 branches with the pseudo-labelled
 pool merged into training. One loop serves both. Every process of a
 multi-host job runs this same command.
+
+``--preflight`` instead compiles the step for the config's mesh from abstract shapes
+and prints the parameter count, FLOPs and memory per device, reading no data: whether a
+long-sequence config fits the devices is known before the run.
 """
 
 from __future__ import annotations
@@ -25,11 +29,25 @@ from ml_collections import config_flags
 from hemo_jax.data import pipeline
 from hemo_jax.experiment.experiment import Experiment
 from hemo_jax.models import convert
-from hemo_jax.training import checkpoint, initialization, metrics, sharding, trainer, xla_cpu
+from hemo_jax.training import (
+    checkpoint,
+    initialization,
+    metrics,
+    preflight,
+    sharding,
+    trainer,
+    xla_cpu,
+)
 from hemo_jax.training.logger import MetricLogger
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+_PREFLIGHT = flags.DEFINE_bool(
+    "preflight",
+    False,
+    "Compile the train step on the target devices and print the parameter count, FLOPs "
+    "and memory per device; reads no data, trains nothing, needs no --workdir.",
+)
 
 
 def _install_sigterm() -> dict[str, bool]:
@@ -162,13 +180,27 @@ def _parameters(exp: Experiment, state: trainer.TrainState) -> str:
     return f"parameters: {convert.param_count(model):,} ({trainable:,} trainable); {exp.summary()}"
 
 
+def run_preflight(config: ml_collections.ConfigDict) -> preflight.Preflight:
+    """Compiles the step of ``config`` from abstract shapes on its mesh (see --preflight)."""
+    exp = Experiment.from_config(config)
+    sharding.maybe_initialize_distributed(exp.distributed)
+    mesh = exp.make_mesh()
+    state = trainer.abstract_train_state(exp.model_fn, exp.optimizer, mesh, trainable=exp.trainable)
+    text_length = exp.text_fn.max_length if exp.text_fn else None
+    batch = pipeline.batch_spec(exp.train_pipeline, text_length=text_length)
+    return preflight.preflight(state, mesh, batch, loss_fn=exp.loss_fn, options=exp.step_options)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_cpu.prefer_xla_reductions()
+    if _PREFLIGHT.value:
+        print("\n".join(run_preflight(_CONFIG.value).lines()))
+        return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     np.set_printoptions(precision=4)
-    xla_cpu.prefer_xla_reductions()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
