@@ -373,9 +373,13 @@ def _str_keys(tree: Any) -> Any:
 
 
 def _like(template: Any, restored: Any) -> Any:
-    """``restored`` (string keys) rebuilt with the keys of ``template`` (int or str)."""
+    """``restored`` (string keys, as checkpoints hold them, or the template's own) rebuilt
+    with the keys of ``template`` (int or str)."""
     if isinstance(template, Mapping):
-        return {k: _like(v, restored[str(k)]) for k, v in template.items()}
+        return {
+            k: _like(v, restored[k] if k in restored else restored[str(k)])
+            for k, v in template.items()
+        }
     return restored
 
 
