@@ -1,6 +1,6 @@
 """A PyTorch implementation of hemo_jax's fused multimodal classifier, for benchmarks only.
 
-It mirrors ``hemo_jax.models`` (``factory.build_model`` of a stage-2 config with the
+It mirrors ``hemo_jax.models`` (``hemo_jax.experiment.model.model_fn`` of a stage-2 config with the
 keypoint, image and text branches and concat fusion) layer for layer, so the train
 step of both frameworks does the same arithmetic on the same shapes:
 

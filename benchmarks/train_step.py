@@ -1,11 +1,11 @@
 """Train-step throughput of the fused multimodal model: hemo_jax against PyTorch.
 
-The JAX step is the real trainer's (``hemo_jax.training.trainer``: ``make_optimizer``,
-``create_train_state``, ``make_train_step`` with ``StepOptions`` from the config, on
-a one-device mesh from ``sharding.make_mesh``), over the model ``factory.build_model``
-builds from ``configs/demo.py:fused`` (stage 2: keypoint, image and text branches,
-concat fusion, dropout on, aux loss weight 0.3). The PyTorch step runs the same
-architecture (``benchmarks/torch_multimodal.py``, with
+The JAX step is the real trainer's (``hemo_jax.training.trainer``: ``create_train_state``
+and ``make_train_step`` with the optimizer, loss and ``StepOptions`` that
+``hemo_jax.experiment`` makes of the config, on a one-device mesh from
+``sharding.make_mesh``), over the model it builds from ``configs/demo.py:fused``
+(stage 2: keypoint, image and text branches, concat fusion, dropout on, aux loss
+weight 0.3). The PyTorch step runs the same architecture (``benchmarks/torch_multimodal.py``, with
 ``F.scaled_dot_product_attention``), the same loss, AdamW with the same weight-decay
 mask and schedule, and global-norm clipping, on the same synthetic batch.
 
@@ -70,7 +70,8 @@ from run_info import interpreter  # noqa: E402
 
 from configs import demo  # noqa: E402
 from hemo_jax.contract import atomic  # noqa: E402
-from hemo_jax.models import factory  # noqa: E402
+from hemo_jax.experiment import model as experiment_model  # noqa: E402
+from hemo_jax.experiment.experiment import Experiment  # noqa: E402
 from hemo_jax.training import sharding, trainer, xla_cpu  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,7 +118,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
     kp[..., 2] = rng.uniform(size=(b, f, NUM_KEYPOINTS)) * (rng.uniform(size=(b, f, 137)) > 0.2)
     kmask, imask, tmask = prefix_mask(f), prefix_mask(fi), prefix_mask(lt)
     kp *= kmask[:, :, None, None]
-    vocab = factory.HASH_VOCAB
+    vocab = experiment_model.HASH_VOCAB
     label = rng.integers(0, 2, size=b).astype(np.int32)
     return {
         "keypoints": kp,
@@ -146,30 +147,13 @@ class JaxStep:
 
     def __init__(self, config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]):
         self.mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
-        c = config.optim
-        tx = trainer.make_optimizer(
-            lr=c.lr,
-            warmup_steps=c.warmup_steps,
-            total_steps=config.train.steps,
-            weight_decay=c.weight_decay,
-            clip_norm=c.clip_norm,
-            b1=c.b1,
-            b2=c.b2,
-        )
-        trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
+        exp = Experiment.from_config(config)
         self.train_state = trainer.create_train_state(
-            lambda key: factory.build_model(config, seed=key),
-            tx,
-            self.mesh,
-            seed=config.seed,
-            trainable=trainable,
+            exp.model_fn, exp.optimizer, self.mesh, seed=config.seed, trainable=exp.trainable
         )
-        options = trainer.StepOptions(
-            compute_dtype=config.train.compute_dtype,
-            grad_accum=config.optim.grad_accum,
-            aux_loss_weight=config.train.aux_loss_weight,
+        self.step_fn = trainer.make_train_step(
+            self.train_state, self.mesh, batch, loss_fn=exp.loss_fn, options=exp.step_options
         )
-        self.step_fn = trainer.make_train_step(self.train_state, self.mesh, batch, options=options)
         # On device once, as the data pipeline delivers it: the step times no host copy.
         self.batch = {
             k: jax.device_put(v, sharding.batch_sharding(self.mesh, np.ndim(v)))
@@ -208,7 +192,7 @@ class TorchStep:
             keypoint_depth=m.keypoint_depth,
             keypoint_stream_width=m.keypoint_stream_width,
             image_feature_dim=m.image_feature_dim,
-            vocab_size=factory.HASH_VOCAB,
+            vocab_size=experiment_model.HASH_VOCAB,
         )
         if m.keypoint_backbone != "mlp" or m.fusion != "concat" or m.text_encoder:
             raise ValueError(
@@ -436,7 +420,7 @@ def check_equivalence(seed: int = 0) -> dict[str, float]:
 
     config = make_config(4, 32, 8, 32)
     batch = synthetic_batch(config, seed)
-    jax_model = factory.build_model(config)
+    jax_model = Experiment.from_config(config).model_fn(jax.random.key(config.seed))
     params = nnx.state(jax_model, nnx.Param)
     rng = np.random.default_rng(seed)
     pure = jax.tree.map(

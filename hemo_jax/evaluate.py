@@ -12,8 +12,8 @@ import os
 from absl import app, flags
 
 from hemo_jax.contract.shards import open_shards
-from hemo_jax.models import factory
-from hemo_jax.training import evaluation, metrics, report
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import metrics, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
@@ -32,13 +32,11 @@ def evaluate_workdir(
     out_dir: str | None = None,
     num_bootstrap: int = 1000,
 ) -> dict[str, metrics.Interval]:
-    config, state, mesh, step = evaluation.load_trained(workdir, checkpoint_step=checkpoint_step)
+    trained = load_trained(workdir, checkpoint_step=checkpoint_step)
+    config, step = trained.config, trained.step
     split = split or config.data.eval_split
     shards = open_shards(config.data.shards)
-    evaluator = evaluation.Evaluator(
-        config, shards, mesh, text_fn=factory.make_text_fn(config), split=split
-    )
-    pred = evaluator.predict(state)
+    pred = trained.experiment.evaluator(shards, trained.mesh, split).predict(trained.model)
     rows = report.video_predictions(shards, pred.record_index, pred.probability)
     rows = [r for r in rows if r.label >= 0]  # evaluation uses true labels only
     if not rows:

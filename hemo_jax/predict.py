@@ -21,10 +21,11 @@ from absl import app, flags
 
 from hemo_jax.contract import atomic
 from hemo_jax.contract.schema import SPLITS
-from hemo_jax.contract.shards import open_shards
+from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data import pipeline
-from hemo_jax.models import factory
-from hemo_jax.training import evaluation, report, sharding, stacked_runs, stacking, trainer
+from hemo_jax.experiment import stack
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import report, stack_fit
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir or a stacked one.", required=True
@@ -45,69 +46,43 @@ def predict(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"unknown splits {unknown}; expected some of {SPLITS}")
-    if stacked_runs.is_stacked(workdir):
-        shard_set = open_shards(shards or stacked_runs.load(workdir)["shards"])
-        rows = stacked_runs.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)
+    if stack.is_stacked(workdir):
+        shard_set = open_shards(shards or stack.load(workdir)["shards"])
+        rows = stack.predict(workdir, shard_set, splits, checkpoint_step=checkpoint_step)
         report.write_predictions_csv(out, rows)
         return rows
-    config, state, mesh, _ = evaluation.load_trained(
-        workdir, checkpoint_step=checkpoint_step, shards=shards
-    )
-    shard_set = open_shards(config.data.shards)
-    text_fn = factory.make_text_fn(config)
+    trained = load_trained(workdir, checkpoint_step=checkpoint_step, shards=shards)
+    shard_set = open_shards(trained.config.data.shards)
     rows = []
     for split in splits:
         if not any(info.split == split for info in shard_set.infos):
             continue
-        evaluator = evaluation.Evaluator(config, shard_set, mesh, text_fn=text_fn, split=split)
-        pred = evaluator.predict(state)
+        evaluator = trained.experiment.evaluator(shard_set, trained.mesh, split)
+        pred = evaluator.predict(trained.model)
         rows += report.video_predictions(shard_set, pred.record_index, pred.probability)
     report.write_predictions_csv(out, rows)
     return rows
 
 
-def _branch_windows(
-    workdir: str, shards, splits: list[str], checkpoint_step: str, windows: int
+def _run_windows(
+    workdir: str, shards: ShardSet, splits: list[str], checkpoint_step: str, windows: int
 ) -> dict[tuple[int, int], tuple[int, int, float]]:
-    """(record index, window) → (first source frame, last source frame, P(win)) of one run,
-    every window of ``windows`` evenly spaced ones over each video."""
-    config, state, mesh, _ = evaluation.load_trained(
-        workdir, checkpoint_step=checkpoint_step, shards=str(shards.root)
-    )
-    with config.unlocked():
-        config.data.eval_windows = windows
-    span = config.data.max_frames * config.data.frame_stride
-    text_fn = factory.make_text_fn(config)
-    out: dict[tuple[int, int], tuple[int, int, float]] = {}
+    """(record index, window) -> (first source frame, last source frame, P(win)) of one run,
+    for ``windows`` evenly spaced windows over each video."""
+    trained = load_trained(workdir, checkpoint_step=checkpoint_step, shards=str(shards.root))
+    out = {}
     for split in splits:
         if not any(info.split == split for info in shards.infos):
             continue
-        evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn, split=split)
-        loader = pipeline.make_loader(
-            shards,
-            evaluator.pcfg,
-            train=False,
-            mesh=mesh,
-            data_axis=sharding.BATCH_AXES,
-            text_fn=text_fn,
-        )
-        step = None
-        with loader:
-            for batch in loader:
-                step = step or trainer.make_eval_step(
-                    state, mesh, batch, config.train.compute_dtype
-                )
-                prob = np.asarray(step(state.state, batch)["prob"])
-                video = np.asarray(batch["video_index"])
-                window = np.asarray(batch["window_index"])
-                for row in np.flatnonzero(np.asarray(batch["valid"])):
-                    index, w = int(video[row]), int(window[row])
-                    frames = shards.read(index, skip=("crops", "image_features")).keypoint_frames
-                    starts = pipeline.window_starts(len(frames), span, windows)
-                    last = min(starts[w] + span, len(frames)) - 1
-                    first_frame = int(frames[starts[w]]) if len(frames) else 0
-                    last_frame = int(frames[last]) if len(frames) else 0
-                    out[index, w] = (first_frame, last_frame, float(prob[row]))
+        evaluator = trained.experiment.evaluator(shards, trained.mesh, split, windows=windows)
+        for (index, w), prob in evaluator.window_predictions(trained.model).items():
+            frames = shards.read(index, skip=("crops", "image_features")).keypoint_frames
+            first, last = 0, 0
+            if len(frames):
+                start = pipeline.window_starts(len(frames), trained.window_rows, windows)[w]
+                first = int(frames[start])
+                last = int(frames[min(start + trained.window_rows, len(frames)) - 1])
+            out[index, w] = (first, last, prob)
     return out
 
 
@@ -121,19 +96,17 @@ def write_window_predictions(
     windows: int,
 ) -> int:
     """The per-window evidence of ``--windows`` (see the module doc); the number of rows."""
-    if stacked_runs.is_stacked(workdir):
-        saved = stacked_runs.load(workdir)
+    if stack.is_stacked(workdir):
+        saved = stack.load(workdir)
         shard_set = open_shards(shards or saved["shards"])
-        fusion = stacking.StackedFusion.from_json(saved)
+        fusion = stack_fit.StackedFusion.from_json(saved)
         runs = saved["full_runs"]
     else:
-        config, *_ = evaluation.load_trained(
-            workdir, checkpoint_step=checkpoint_step, shards=shards
-        )
-        shard_set = open_shards(config.data.shards)
+        trained = load_trained(workdir, checkpoint_step=checkpoint_step, shards=shards)
+        shard_set = open_shards(trained.config.data.shards)
         fusion, runs = None, {"model": workdir}
     per_run = {
-        name: _branch_windows(run, shard_set, splits, checkpoint_step, windows)
+        name: _run_windows(run, shard_set, splits, checkpoint_step, windows)
         for name, run in runs.items()
     }
     keys = sorted(set.intersection(*(set(v) for v in per_run.values())))
@@ -146,16 +119,16 @@ def write_window_predictions(
             info = shard_set.infos[index]
             feats = [
                 float(
-                    stacking.labeler_evidence(
+                    stack_fit.labeler_evidence(
                         np.array([info.pseudo_label]), np.array([info.pseudo_confidence])
                     )[0]
                 )
-                if name == stacking.LABELER
-                else float(stacking.log_odds(np.array([per_run[name][index, window][2]]))[0])
+                if name == stack_fit.LABELER
+                else float(stack_fit.log_odds(np.array([per_run[name][index, window][2]]))[0])
                 for name in fusion.names
             ]
             prob = float(fusion.probability(np.array([feats]))[0])
-        odds = float(stacking.log_odds(np.array([prob]))[0])
+        odds = float(stack_fit.log_odds(np.array([prob]))[0])
         vid = shard_set.infos[index].video_id
         w.writerow([vid, window, first, last, f"{prob:.6f}", f"{odds:.6f}"])
     atomic.write_bytes(out, buf.getvalue().encode())

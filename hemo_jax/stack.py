@@ -5,7 +5,7 @@ training videos and K runs trained with ``--config.data.fold=k/K`` for k = 0..K-
 (the same K for every branch). The fold runs predict the videos they left out;
 a logistic regression over those out-of-fold log-odds (and the labeler's
 verdict, ``--labeler``) is fitted with the true labels, then applied to the
-full runs' predictions on the eval split (``hemo_jax.training.stacking`` says why).
+full runs' predictions on the eval split (``hemo_jax.training.stack_fit`` says why).
 ``--pool`` adds pseudo-labelled videos to the fit, predicted by the full runs.
 
 Writes ``W/stack.json`` (coefficients and the runs they came from),
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from hemo_jax.training import metrics, stacked_runs
+from hemo_jax.experiment import stack
+from hemo_jax.training import metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _RUNS = flags.DEFINE_list("runs", None, "Stage-1 workdirs: full and fold runs.", required=True)
@@ -36,7 +37,7 @@ flags.register_validator("l2", lambda v: v > 0, message="--l2 must be > 0")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    intervals = stacked_runs.stack(
+    intervals = stack.stack(
         _WORKDIR.value,
         _RUNS.value,
         pool=_POOL.value,

@@ -4,6 +4,10 @@ Stage 1 trains one branch with its own head; stage 2 (configs/finetune.py)
 trains the fused model from the stage-1 branches with the pseudo-labelled
 pool merged into training. One loop serves both. Every process of a
 multi-host job runs this same command.
+
+``--preflight`` instead compiles the step for the config's mesh from abstract shapes
+and prints the parameter count, FLOPs and memory per device, reading no data: whether a
+long-sequence config fits the devices is known before the run.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from hemo_jax.data import pipeline
-from hemo_jax.models import convert, factory
+from hemo_jax.experiment.experiment import Experiment
+from hemo_jax.models import convert
 from hemo_jax.training import (
     checkpoint,
-    evaluation,
-    inputs,
+    initialization,
     metrics,
-    run_checks,
+    preflight,
     sharding,
     trainer,
     xla_cpu,
@@ -38,6 +42,12 @@ from hemo_jax.training.logger import MetricLogger
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+_PREFLIGHT = flags.DEFINE_bool(
+    "preflight",
+    False,
+    "Compile the train step on the target devices and print the parameter count, FLOPs "
+    "and memory per device; reads no data, trains nothing, needs no --workdir.",
+)
 
 
 def _install_sigterm() -> dict[str, bool]:
@@ -61,65 +71,6 @@ def _stop_requested(flag: dict[str, bool]) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag["stop"]))))
 
 
-def _stage1_branches(
-    config: ml_collections.ConfigDict, abstract_params: Any
-) -> dict[str, tuple[str, Any]]:
-    """Stage 2: ``{branch: (stage-1 workdir, its parameters)}``, checked against the model.
-
-    Checked before anything is compiled, so a wrong or missing workdir fails at once.
-    """
-    if config.stage != 2:
-        return {}
-    stray = [k for k, v in config.init_from.items() if v and k not in config.branches]
-    if stray:
-        raise ValueError(
-            f"config.init_from names {stray}, which are not in config.branches "
-            f"{tuple(config.branches)}"
-        )
-    loaded = {}
-    for name in config.branches:
-        source = config.init_from[name]
-        if not source:
-            raise ValueError(f"stage 2 needs config.init_from.{name} (a stage-1 workdir)")
-        stage1, step = checkpoint.load_params(source)
-        branches = stage1.get("branches", {})
-        if name not in branches:
-            raise checkpoint.CheckpointMismatch(
-                f"stage-1 checkpoint in {source!r} (step {step}) has no branch {name!r}; "
-                f"it has {sorted(branches)}. Point config.init_from.{name} at the workdir "
-                f"of a stage-1 run of configs/pretrain.py:{name}"
-            )
-        checkpoint.check_params(
-            abstract_params,
-            branches[name],
-            prefix=f"branches/{name}",
-            skip=tuple(config.init_skip),
-            origin=source,
-        )
-        loaded[name] = (source, branches[name])
-    return loaded
-
-
-def _initial_params(
-    config: ml_collections.ConfigDict,
-    state: trainer.TrainState,
-    stage1: dict[str, tuple[str, Any]],
-) -> Any | None:
-    """Pretrained parts (a BERT text encoder), then stage-1 branches; None if neither."""
-    params = None
-    for prefix, tree in factory.pretrained_params(config).items():
-        params = checkpoint.merge_params(params or state.params(), tree, prefix=prefix)
-    for name, (source, tree) in stage1.items():
-        params = checkpoint.merge_params(
-            params or state.params(),
-            tree,
-            prefix=f"branches/{name}",
-            skip=tuple(config.init_skip),
-            origin=source,
-        )
-    return params
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs training to ``config.train.steps``; returns the last evaluation metrics."""
     return run_training(config, workdir)[1]
@@ -133,95 +84,57 @@ def run_training(
     Resume order: a checkpoint in ``workdir``, then ``config.resume``, then
     ``config.init_from`` (stage-1 branches, stage 2), then scratch.
     """
-    run_checks.check_run_config(config)
-    init = config.distributed.initialize
-    sharding.maybe_initialize_distributed(None if init == "auto" else init == "yes")
+    exp = Experiment.from_config(config, workdir)
+    sharding.maybe_initialize_distributed(exp.distributed)
     stop = _install_sigterm()
-    options = trainer.StepOptions(
-        compute_dtype=config.train.compute_dtype,
-        grad_accum=config.optim.grad_accum,
-        aux_loss_weight=config.train.aux_loss_weight,
-    )
-    shards = inputs.shard_set(config)
+    shards = exp.shards()
     os.makedirs(workdir, exist_ok=True)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.seq)
+    mesh = exp.make_mesh()
     log = MetricLogger(workdir, enabled=jax.process_index() == 0)
     log.text(f"mesh: {sharding.describe(mesh)}")
 
-    text_fn = factory.make_text_fn(config)
     train_loader = pipeline.make_loader(
         shards,
-        inputs.pipeline_config(config, train=True),
+        exp.train_pipeline,
         train=True,
         mesh=mesh,
         data_axis=sharding.BATCH_AXES,
-        text_fn=text_fn,
+        text_fn=exp.text_fn,
     )
+    state = trainer.abstract_train_state(exp.model_fn, exp.optimizer, mesh, trainable=exp.trainable)
+    log.text(_parameters(exp, state))
 
-    c = config.optim
-    tx = trainer.make_optimizer(
-        lr=c.lr,
-        warmup_steps=c.warmup_steps,
-        total_steps=config.train.steps,
-        weight_decay=c.weight_decay,
-        clip_norm=c.clip_norm,
-        b1=c.b1,
-        b2=c.b2,
-        lr_scale=c.init_lr_scale,
-        lr_scaled=factory.loaded_from_stage1(config),
-    )
-    trainable = trainer.trainable_filter(factory.frozen_prefixes(config))
-
-    def model_fn(key: jax.Array) -> nnx.Module:
-        return factory.build_model(config, seed=key)
-
-    state = trainer.abstract_train_state(model_fn, tx, mesh, trainable=trainable)
-    model = state.model()
-    log.text(
-        f"parameters: {convert.param_count(model):,} "
-        f"({sum(x.size for x in jax.tree.leaves(nnx.state(model, trainable))):,} trainable); "
-        f"branches {tuple(config.branches)}, stage {config.stage}"
-        + (f"; fold {config.data.fold} held out of training" if config.data.fold else "")
-    )
-    del model
-
+    loop = exp.loop
     store = checkpoint.CheckpointStore(
-        workdir,
-        keep_last=config.train.keep_checkpoints,
-        best_metric=config.train.best_metric,
+        workdir, keep_last=loop.keep_checkpoints, best_metric=loop.best_metric
     )
-    resume = checkpoint.resume_point(store, workdir, config.resume)
-    stage1 = {} if resume else _stage1_branches(config, state.params())
-    state = trainer.initialize(state, model_fn, tx, mesh, seed=config.seed)
-    if resume:
-        src, start_step, origin = resume
-        tree, meta = src.restore(
-            start_step, trainer.abstract_checkpoint_tree(state), data_iterator=train_loader.iterator
-        )
-        if src is not store:
-            src.close()
-        state = trainer.restore_checkpoint_tree(state, tree)
-        start_step = int(meta["step"])
-    else:
-        start_step, origin = 0, "init_from" if stage1 else "scratch"
-        params = _initial_params(config, state, stage1)
-        if params is not None:
-            state = trainer.restore_checkpoint_tree(state, {"params": params})
-    log.text(f"starting at step {start_step} from {origin}")
+    start = initialization.initial_state(
+        exp.init,
+        state,
+        exp.model_fn,
+        exp.optimizer,
+        mesh,
+        store,
+        data_iterator=train_loader.iterator,
+    )
+    state, start_step = start.state, start.step
+    log.text(f"starting at step {start_step} from {start.origin}")
 
     first = next(train_loader)
-    train_step = trainer.make_train_step(state, mesh, first, options=options)
-    evaluator = evaluation.Evaluator(config, shards, mesh, text_fn=text_fn)
+    train_step = trainer.make_train_step(
+        state, mesh, first, loss_fn=exp.loss_fn, options=exp.step_options
+    )
+    evaluator = exp.evaluator(shards, mesh)
     config_json = json.loads(config.to_json_best_effort())
 
-    rng = jax.random.key(config.seed)
+    rng = jax.random.key(loop.seed)
     sums: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     batch = first
     t0 = time.time()
-    progress = log.progress(start_step, config.train.steps, enabled=config.train.progress)
+    progress = log.progress(start_step, loop.steps, enabled=loop.progress)
     step = start_step
-    while step < config.train.steps:
+    while step < loop.steps:
         step += 1
         state.state, out = train_step(state.state, batch, jax.random.fold_in(rng, step))
         trainer.check_finite(step, out, train_step.grad_names)
@@ -229,18 +142,18 @@ def run_training(
             sums[k] = sums.get(k, 0.0) + float(out[k])
         progress.update(1)
         stopping = _stop_requested(stop)
-        if step % config.train.log_every == 0 or step == config.train.steps or stopping:
+        if step % loop.log_every == 0 or step == loop.steps or stopping:
             row = {"step": step, **metrics.finalize_sums(sums)}
             row["grad_norm"] = float(out["grad_norm"])
             row["steps_per_s"] = (step - start_step) / max(time.time() - t0, 1e-9)
             log.write("train", row)
             sums = {}
-        is_last = step == config.train.steps
-        evaluated = step % config.train.eval_every == 0 or is_last
+        is_last = step == loop.steps
+        evaluated = step % loop.eval_every == 0 or is_last
         if evaluated:
-            last_eval = evaluator.metrics(state)
+            last_eval = evaluator.metrics(trainer.model_state(state))
             log.write("eval", {"step": step, **last_eval})
-        if step % config.train.checkpoint_every == 0 or is_last or stopping:
+        if step % loop.checkpoint_every == 0 or is_last or stopping:
             store.save(
                 step,
                 trainer.checkpoint_tree(state),
@@ -260,13 +173,34 @@ def run_training(
     return state, last_eval
 
 
+def _parameters(exp: Experiment, state: trainer.TrainState) -> str:
+    """The parameter count of an (abstract) state, for the run's log."""
+    model = state.model()
+    trainable = sum(x.size for x in jax.tree.leaves(nnx.state(model, exp.trainable)))
+    return f"parameters: {convert.param_count(model):,} ({trainable:,} trainable); {exp.summary()}"
+
+
+def run_preflight(config: ml_collections.ConfigDict) -> preflight.Preflight:
+    """Compiles the step of ``config`` from abstract shapes on its mesh (see --preflight)."""
+    exp = Experiment.from_config(config)
+    sharding.maybe_initialize_distributed(exp.distributed)
+    mesh = exp.make_mesh()
+    state = trainer.abstract_train_state(exp.model_fn, exp.optimizer, mesh, trainable=exp.trainable)
+    text_length = exp.text_fn.max_length if exp.text_fn else None
+    batch = pipeline.batch_spec(exp.train_pipeline, text_length=text_length)
+    return preflight.preflight(state, mesh, batch, loss_fn=exp.loss_fn, options=exp.step_options)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    xla_cpu.prefer_xla_reductions()
+    if _PREFLIGHT.value:
+        print("\n".join(run_preflight(_CONFIG.value).lines()))
+        return
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     np.set_printoptions(precision=4)
-    xla_cpu.prefer_xla_reductions()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hemo_jax.training import checkpoint, evaluation
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import checkpoint, initialization
 
 
 def _state(scale):
@@ -74,6 +75,9 @@ def test_resuming_into_a_different_state_names_every_difference(tmp_path):
     assert "shape of params/w: checkpoint (2, 3), config (2, 4)" in message
 
 
+NO_HEADS = initialization.stage1_rule((r"/head/",))
+
+
 def test_merge_params_is_strict_and_reports_every_problem():
     target = {
         "branches": {
@@ -82,7 +86,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
         }
     }
     good = {"enc": {"w": np.ones((2, 2))}, "head": {"w": np.ones((4, 4))}}
-    merged = checkpoint.merge_params(target, good, prefix="branches/keypoints", skip=(r"/head/",))
+    merged = checkpoint.merge_params(target, good, prefix="branches/keypoints", loaded=NO_HEADS)
     np.testing.assert_array_equal(merged["branches"]["keypoints"]["enc"]["w"], np.ones((2, 2)))
     # The skipped head keeps its initial value; other branches are untouched.
     np.testing.assert_array_equal(merged["branches"]["keypoints"]["head"]["w"], np.zeros((2, 2)))
@@ -90,7 +94,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
 
     bad = {"enc": {"v": np.ones((2, 2))}, "extra": {"w": np.ones(1)}}
     with pytest.raises(checkpoint.CheckpointMismatch) as e:
-        checkpoint.merge_params(target, bad, prefix="branches/keypoints", skip=(r"/head/",))
+        checkpoint.merge_params(target, bad, prefix="branches/keypoints", loaded=NO_HEADS)
     msg = str(e.value)
     assert "missing in checkpoint: branches/keypoints/enc/w" in msg
     assert "unexpected in checkpoint: branches/keypoints/enc/v" in msg
@@ -98,7 +102,7 @@ def test_merge_params_is_strict_and_reports_every_problem():
 
     shaped = {"enc": {"w": np.ones((3, 2))}}
     with pytest.raises(checkpoint.CheckpointMismatch, match=r"shape of branches/keypoints/enc/w"):
-        checkpoint.merge_params(target, shaped, prefix="branches/keypoints", skip=(r"/head/",))
+        checkpoint.merge_params(target, shaped, prefix="branches/keypoints", loaded=NO_HEADS)
 
 
 def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
@@ -106,7 +110,7 @@ def test_readers_name_a_mistyped_workdir_and_leave_no_trace_of_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
         checkpoint.load_params(str(typo))
     with pytest.raises(FileNotFoundError, match="no checkpoints in .*nothing"):
-        evaluation.load_trained(str(typo))
+        load_trained(str(typo))
     store = checkpoint.CheckpointStore(str(tmp_path / "run"), best_metric=None)
     try:
         with pytest.raises(
@@ -126,7 +130,7 @@ def test_readers_name_a_step_that_is_not_there(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*holds \[2, 4\]"):
         checkpoint.load_params(str(tmp_path), step=3)
     with pytest.raises(ValueError, match="checkpoint 'last' is not latest, best or a step"):
-        evaluation.load_trained(str(tmp_path), checkpoint_step="last")
+        load_trained(str(tmp_path), checkpoint_step="last")
 
 
 def test_load_params_reads_a_checkpoint_of_sharded_arrays_as_numpy(tmp_path):

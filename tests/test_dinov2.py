@@ -15,7 +15,7 @@ from flax import nnx
 from PIL import Image
 from transformers.initialization import no_init_weights
 
-from hemo_jax.models import dinov2
+from hemo_jax.models import dinov2, layers
 
 TOL = 1e-4
 
@@ -167,11 +167,11 @@ def test_bicubic_matrix_equals_torch_interpolate(antialias, n_in, n_out):
 def test_layer_norm_statistics_and_output(by_matmul):
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(4, 7, 48)).astype(np.float32)
-    mean, mean_sq = dinov2.layer_norm_stats(jnp.asarray(x), by_matmul=by_matmul)
+    mean, mean_sq = layers.layer_norm_stats(jnp.asarray(x), by_matmul=by_matmul)
     np.testing.assert_allclose(mean, x.mean(-1), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(mean_sq, (x * x).mean(-1), rtol=1e-6)
     scale, bias = rng.normal(size=(2, 48)).astype(np.float32)
-    norm = dinov2.LayerNorm(48, epsilon=1e-6)
+    norm = layers.LayerNorm(48, epsilon=1e-6)
     norm.scale[...], norm.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
     ref = torch.nn.functional.layer_norm(
         torch.from_numpy(x), (48,), torch.from_numpy(scale), torch.from_numpy(bias), eps=1e-6

@@ -11,7 +11,7 @@ ENTRY_POINTS = [
     "hemo_jax.evaluate",
     "hemo_jax.predict",
     "hemo_jax.stack",
-    "hemo_jax.data.inspect",
+    "hemo_jax.data.describe",
 ]
 
 

@@ -8,8 +8,10 @@ from records import FEATURE_DIM, write_learnable_shards
 
 from configs import demo
 from hemo_jax.data import pipeline
-from hemo_jax.models import factory, transformer
-from hemo_jax.training import inputs, sharding, trainer
+from hemo_jax.experiment import data, objective
+from hemo_jax.experiment.experiment import Experiment
+from hemo_jax.models import transformer
+from hemo_jax.training import sharding, trainer
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +20,9 @@ def batch(tmp_path_factory):
     config = _config("float32")
     with pipeline.make_loader(
         shards,
-        inputs.pipeline_config(config, train=True),
+        data.pipeline_config(config, train=True),
         train=True,
-        text_fn=factory.make_text_fn(config),
+        text_fn=data.text_fn(config, text_encoder=None),
     ) as loader:
         return next(loader)
 
@@ -51,7 +53,7 @@ def test_every_attention_of_the_train_step_runs_in_the_compute_dtype(
     config = _config(compute_dtype)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     state = trainer.create_train_state(
-        lambda key: factory.build_model(config, seed=key),
+        Experiment.from_config(config).model_fn,
         trainer.make_optimizer(
             lr=1e-3, warmup_steps=1, total_steps=2, weight_decay=0.0, clip_norm=1.0
         ),
@@ -59,7 +61,11 @@ def test_every_attention_of_the_train_step_runs_in_the_compute_dtype(
     )
     assert {p.dtype.name for p in jax.tree.leaves(state.params())} == {"float32"}
     step = trainer.make_train_step(
-        state, mesh, batch, options=trainer.StepOptions(compute_dtype=compute_dtype)
+        state,
+        mesh,
+        batch,
+        loss_fn=objective.loss_fn(config.train.aux_loss_weight),
+        options=trainer.StepOptions(compute_dtype=compute_dtype),
     )
     step.lower(state.state, batch, jax.random.key(0))  # traced here
     # Self-attention in three branches and the fusion's cross-attention, at least once each.
@@ -73,7 +79,6 @@ def test_every_attention_of_the_train_step_runs_in_the_compute_dtype(
         ({"compute_dtype": "float16"}, "compute_dtype 'float16' is not one of"),
         ({"compute_dtype": "fp16"}, "compute_dtype 'fp16' is not one of"),
         ({"grad_accum": 0}, "grad_accum must be >= 1, got 0"),
-        ({"aux_loss_weight": -0.1}, "aux_loss_weight must be >= 0"),
     ],
 )
 def test_step_options_refuse_what_the_step_cannot_run(options, message):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs import finetune
-from hemo_jax.models import factory
+from configs import finetune, pretrain
+from hemo_jax.experiment.experiment import Experiment
 from hemo_jax.training import trainer
 
 
@@ -21,13 +21,13 @@ class TwoParts(nnx.Module):
         return self.fusion(self.branches["text"](x))
 
 
-def _updates(**kw) -> dict[str, np.ndarray]:
+def _updates(tx=None, **kw) -> dict[str, np.ndarray]:
     """Parameter change after two steps of the same loss, by path. The schedule's
     learning rate is 0 at the first step, so both runs take the second step from the
     same parameters with the same gradients and Adam moments."""
     model = TwoParts()
     before = {k: np.array(v) for k, v in _flat(model).items()}
-    tx = trainer.make_optimizer(
+    tx = tx or trainer.make_optimizer(
         lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.1, clip_norm=1.0, **kw
     )
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -63,7 +63,7 @@ def test_scaled_parameters_move_by_the_scale_and_the_others_as_before():
 
 def test_stage2_scales_only_what_it_loads_from_stage1():
     config = finetune.get_config()
-    loaded = factory.loaded_from_stage1(config)
+    loaded = Experiment.from_config(config).init.stage1_loaded
     assert loaded("branches/keypoints/encoder/blocks/0/attn/qkv/kernel")
     assert loaded("branches/text/encoder/embed/embedding")
     # Stage-1 heads are not loaded (config.init_skip), nor is the fusion: both are new.
@@ -71,7 +71,13 @@ def test_stage2_scales_only_what_it_loads_from_stage1():
     assert not loaded("fusion/proj/kernel")
 
 
-def test_stage1_has_nothing_loaded():
-    from configs import pretrain
-
-    assert factory.loaded_from_stage1(pretrain.get_config("image")) is None
+def test_stage1_scales_nothing():
+    """optim.init_lr_scale is stage 2's: a stage-1 experiment's optimizer ignores it."""
+    config = pretrain.get_config("image")
+    config.unlock()
+    plain = _updates(tx=Experiment.from_config(config).optimizer)
+    config.optim.init_lr_scale = 0.25
+    scaled = _updates(tx=Experiment.from_config(config).optimizer)
+    assert np.abs(plain["branches/text/kernel"]).max() > 0
+    for path in plain:
+        np.testing.assert_array_equal(scaled[path], plain[path])

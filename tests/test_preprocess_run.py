@@ -74,7 +74,7 @@ def status(out: Path) -> dict:
 
 def inspect(out: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "hemo_jax.data.inspect", str(out), "--json", "--verify"],
+        [sys.executable, "-m", "hemo_jax.data.describe", str(out), "--json", "--verify"],
         capture_output=True,
         text=True,
         check=False,

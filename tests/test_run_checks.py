@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import demo, finetune, pretrain
+from hemo_jax.experiment.checks import INTERVALS, check_run_config
 from hemo_jax.training import metrics
-from hemo_jax.training.run_checks import INTERVALS, check_run_config
 
 
 def _config(**train):

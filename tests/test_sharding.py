@@ -14,8 +14,9 @@ from records import FEATURE_DIM, write_learnable_shards
 
 from configs import pretrain
 from hemo_jax.data import pipeline
-from hemo_jax.models import factory
-from hemo_jax.training import inputs, sharding, trainer
+from hemo_jax.experiment import data, objective
+from hemo_jax.experiment.experiment import Experiment
+from hemo_jax.training import sharding, trainer
 
 STEPS = 3
 BATCH = 16
@@ -30,7 +31,7 @@ def config():
 
 
 def _model_fn(config):
-    return lambda key: factory.build_model(config, seed=key)
+    return Experiment.from_config(config).model_fn
 
 
 def _tx(config):
@@ -45,7 +46,7 @@ def _tx(config):
 def batches(tmp_path_factory, config):
     shards = write_learnable_shards(tmp_path_factory.mktemp("sharding") / "shards")
     with pipeline.make_loader(
-        shards, inputs.pipeline_config(config, train=True), train=True
+        shards, data.pipeline_config(config, train=True), train=True
     ) as loader:
         return [next(loader) for _ in range(STEPS)]
 
@@ -77,7 +78,9 @@ class Run:
 def _train(initial, config, mesh, batches, *, grad_accum: int = 1) -> Run:
     state = _on_mesh(initial, mesh, config)
     options = trainer.StepOptions(grad_accum=grad_accum)
-    step = trainer.make_train_step(state, mesh, batches[0], options=options)
+    step = trainer.make_train_step(
+        state, mesh, batches[0], loss_fn=objective.loss_fn(0.0), options=options
+    )
     losses, norms = [], []
     for i, batch in enumerate(batches, 1):
         state.state, out = step(state.state, batch, jax.random.fold_in(jax.random.key(0), i))
@@ -133,7 +136,7 @@ def test_the_seed_reaches_the_compiled_init_as_an_argument(config):
     for seed in (0, 3):
         state = trainer.create_train_state(_model_fn(config), _tx(config), one, seed=seed)
         got = jax.tree.leaves(nnx.state(state.model(), nnx.Param))
-        want = jax.tree.leaves(nnx.state(factory.build_model(config, seed=seed), nnx.Param))
+        want = jax.tree.leaves(nnx.state(_model_fn(config)(jax.random.key(seed)), nnx.Param))
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
         built[seed] = got
@@ -178,7 +181,11 @@ def test_gradient_accumulation_matches_one_batch_of_double_size(
 def test_grad_accum_must_divide_the_batch(initial, config, meshes, batches):
     with pytest.raises(ValueError, match="grad_accum 3 must divide the global batch"):
         trainer.make_train_step(
-            initial, meshes["one"], batches[0], options=trainer.StepOptions(grad_accum=3)
+            initial,
+            meshes["one"],
+            batches[0],
+            loss_fn=objective.loss_fn(0.0),
+            options=trainer.StepOptions(grad_accum=3),
         )
 
 

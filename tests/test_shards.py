@@ -18,7 +18,7 @@ import pytest
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from hemo_jax.contract.schema import SCHEMA_VERSION, SchemaError, VideoRecord, decode_record
 from hemo_jax.contract.shards import MANIFEST, ShardError, ShardWriter, open_shards
-from hemo_jax.data import inspect as inspect_cli
+from hemo_jax.data import describe as describe_cli
 from preprocess.shards import write_records, write_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,22 +245,22 @@ def test_inspect_summary_and_cli(tmp_path, capsys):
     records = [make_record(0, t=10, label=1), make_record(1, t=30, label=0, dim=None)]
     records += [make_record(2, t=20, split="unlabeled", label=-1)]
     write_records(records, tmp_path, records_per_shard=2)
-    s = inspect_cli.summarize(open_shards(tmp_path))
+    s = describe_cli.summarize(open_shards(tmp_path))
     assert s["records"] == 3 and s["shards"] == 2 and s["schema_version"] == SCHEMA_VERSION
     assert s["splits"]["train"]["label"] == {"win": 1, "lose": 1, "unknown": 0}
     assert s["splits"]["unlabeled"]["pseudo_label"]["win"] == 1
     assert s["keypoint_frames"] == {"min": 10, "median": 20.0, "max": 30, "total": 60}
     assert s["fields"]["image_features"] == 2 and s["fields"]["image_feature_dims"] == {"8": 2}
     assert s["fields"]["transcript"] == 1 and s["fields"]["crops"] == 0
-    assert inspect_cli.main([str(tmp_path), "--json", "--verify"]) == 0
+    assert describe_cli.main([str(tmp_path), "--json", "--verify"]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 3
-    assert inspect_cli.main([str(tmp_path)]) == 0
+    assert describe_cli.main([str(tmp_path)]) == 0
     assert "| train | 2 | 1 | 1 | 0 |" in capsys.readouterr().out
     # --verify catches a manifest that lies about a record.
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     manifest["shards"][0]["records"][0]["label"] = 0
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    assert inspect_cli.main([str(tmp_path), "--verify"]) == 1
+    assert describe_cli.main([str(tmp_path), "--verify"]) == 1
     assert "vid000" in capsys.readouterr().err
-    assert inspect_cli.main([str(tmp_path / "nope")]) == 1
+    assert describe_cli.main([str(tmp_path / "nope")]) == 1
     assert "nope" in capsys.readouterr().err

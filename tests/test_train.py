@@ -22,7 +22,8 @@ from records import FEATURE_DIM, launch_train, run_env, train_rows, write_learna
 from configs import finetune, pretrain
 from hemo_jax.contract.shards import open_shards
 from hemo_jax.data import splits
-from hemo_jax.training import checkpoint, stacked_runs, stacking
+from hemo_jax.experiment import stack
+from hemo_jax.training import checkpoint, stack_fit
 
 SMOKE_STEPS = 6
 
@@ -268,7 +269,7 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
     folds = [str(_finished(first_runs[f"image_fold{k}"], f"image fold {k} run")) for k in (0, 1)]
     assert "fold 1/2 held out of training" in first_runs["image_fold1"].log_path.read_text()
     out = base / "stacked"
-    stacked_runs.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
+    stack.stack(str(out), [full, *folds], pool="unlabeled", num_bootstrap=50)
 
     saved = json.loads((out / "stack.json").read_text())
     assert saved["features"] == ["image", "labeler"]
@@ -283,11 +284,11 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
     # Each training video's feature is the prediction of the run that did not train on it.
     shards = open_shards(str(base / "shards"))
     fold_of = splits.assign_folds(shards.infos, ("train",), 2)
-    preds = [stacked_runs.Stage1Run(w, "latest").predict(shards, "train") for w in folds]
+    preds = [stack.Stage1Run(w, "latest").predict(shards, "train") for w in folds]
     for i, r in enumerate(shards.infos):
         if r.split == "train":
             k = fold_of[splits.group_of(r)]
-            assert oof[r.video_id] == pytest.approx(stacking.log_odds(preds[k][i]), abs=1e-5)
+            assert oof[r.video_id] == pytest.approx(stack_fit.log_odds(preds[k][i]), abs=1e-5)
     assert json.loads((out / "report" / "metrics.json").read_text())["num_videos"] == 8
 
     def predict(splits: str, csv_path) -> subprocess.CompletedProcess:
@@ -302,11 +303,11 @@ def test_stacked_fusion_is_fitted_on_out_of_fold_predictions(first_runs, base, e
         assert list(csv.DictReader(f)) == list(csv.DictReader(g))
 
     with pytest.raises(ValueError, match="no run of fold 1/2"):
-        stacked_runs.stack(str(base / "stacked_bad"), [full, folds[0]])
+        stack.stack(str(base / "stacked_bad"), [full, folds[0]])
     with pytest.raises(ValueError, match="no full run"):
-        stacked_runs.stack(str(base / "stacked_bad"), folds)
+        stack.stack(str(base / "stacked_bad"), folds)
     with pytest.raises(ValueError, match="no fold runs among the runs"):
-        stacked_runs.stack(str(base / "stacked_bad"), [full])
+        stack.stack(str(base / "stacked_bad"), [full])
 
     # A misspelt split is an error, not an empty file.
     done = predict("tset", base / "misspelt.csv")

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hemo_jax.contract import keypoint_layout
 from hemo_jax.contract.schema import VideoRecord
 from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data.splits import Selection, select
@@ -55,7 +56,6 @@ class PipelineConfig:
     splits: tuple[str, ...] = ("train",)
     pseudo_pool: str = "none"  # none | unlabeled | test: pseudo-labelled pool (training)
     min_pseudo_confidence: float = 0.0
-    pseudo_weight: float = 1.0
     confidence_weighting: bool = True  # pool records weighted by labeler confidence
     balance_classes: bool = False  # class-weighted loss
     balanced_sampling: bool = False  # repeat minority-class records instead
@@ -274,6 +274,31 @@ def _check_image_features(shards: ShardSet, sel: Selection, config: PipelineConf
             )
 
 
+def batch_spec(
+    config: PipelineConfig, *, text_length: int | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a global training batch (the loader's, for a training
+    ``config``), without reading data: enough to compile the step before a run.
+    ``text_length`` is the text hook's token count (None: no text branch)."""
+    b, f, k = config.batch_size, config.max_frames, keypoint_layout.NUM_KEYPOINTS
+    spec = {
+        "keypoints": ((b, f, k, 3), np.float32),
+        "keypoint_offsets": ((b, f, k, 2), np.float32),
+        "keypoint_mask": ((b, f), np.bool_),
+        **{key: ((b,), np.int32) for key in ("label", "pseudo_label", "target")},
+        **{key: ((b,), np.float32) for key in ("pseudo_confidence", "sample_weight")},
+        **{key: ((b,), np.int32) for key in ("video_index", "window_index")},
+        "valid": ((b,), np.bool_),
+    }
+    if config.image_dim is not None:
+        spec["image_features"] = ((b, config.image_max, config.image_dim), np.float32)
+        spec["image_mask"] = ((b, config.image_max), np.bool_)
+    if text_length is not None:
+        spec["text_ids"] = ((b, text_length), np.int32)
+        spec["text_mask"] = ((b, text_length), np.bool_)
+    return {key: jax.ShapeDtypeStruct(shape, dtype) for key, (shape, dtype) in spec.items()}
+
+
 def make_dataset(
     shards: ShardSet | str | os.PathLike,
     config: PipelineConfig,
@@ -295,7 +320,6 @@ def make_dataset(
         splits=config.splits,
         pseudo_pool=config.pseudo_pool,
         min_pseudo_confidence=config.min_pseudo_confidence,
-        pseudo_weight=config.pseudo_weight,
         confidence_weighting=config.confidence_weighting,
         balance_classes=config.balance_classes,
         balanced_sampling=config.balanced_sampling,

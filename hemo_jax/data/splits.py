@@ -82,7 +82,6 @@ def select(
     splits: Sequence[str],
     pseudo_pool: str = "none",
     min_pseudo_confidence: float = 0.0,
-    pseudo_weight: float = 1.0,
     confidence_weighting: bool = True,
     balance_classes: bool = False,
     balanced_sampling: bool = False,
@@ -95,7 +94,7 @@ def select(
     the test videos are trained on with their pseudo labels only; their true
     labels are used for evaluation alone). A pool record needs a pseudo label
     with ``pseudo_confidence >= min_pseudo_confidence``; its weight is
-    ``pseudo_weight``, times the confidence when ``confidence_weighting``.
+    its confidence when ``confidence_weighting``, else 1.
     Labelled records weigh 1, records with no target 0.
 
     ``balance_classes`` scales each class's weights so that every class carries
@@ -129,7 +128,7 @@ def select(
             and r.pseudo_label >= 0
             and r.pseudo_confidence >= min_pseudo_confidence
         ):
-            w = pseudo_weight * (r.pseudo_confidence if confidence_weighting else 1.0)
+            w = r.pseudo_confidence if confidence_weighting else 1.0
             rows.append((i, r.pseudo_label, w, True))
     if not rows:
         held = dict(Counter(r.split for r in infos))

@@ -23,7 +23,7 @@ from flax import nnx
 
 from hemo_jax.models import convert
 from hemo_jax.models.attention import attention
-from hemo_jax.models.dinov2 import ACTIVATIONS, LayerNorm
+from hemo_jax.models.layers import ACTIVATIONS, LayerNorm
 
 
 @dataclasses.dataclass(frozen=True)

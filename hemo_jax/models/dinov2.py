@@ -13,7 +13,6 @@ HF's ``output_hidden_states``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,60 +24,10 @@ from flax import nnx
 
 from hemo_jax.models import convert
 from hemo_jax.models.attention import attention
+from hemo_jax.models.layers import ACTIVATIONS, LayerNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU in the form torch computes it: x/2 * (1 + erf(x/sqrt(2))).
-
-    ``jax.nn.gelu(approximate=False)`` goes through erfc, whose XLA:CPU expansion ran
-    2.7x slower (4.2 against 1.5 ms on [2056, 3072] float32, 2 cores); both stay within
-    6e-7 of float64.
-    """
-    return x * 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
-
-
-class LayerNorm(nnx.Module):
-    """Layer norm over the last axis, with nnx.LayerNorm's ``scale`` and ``bias``.
-
-    Statistics in float32 as mean and mean square (as nnx.LayerNorm). On CPU they are
-    matrix-vector products: as reductions, XLA:CPU's library fusion merged them with
-    the matmuls before them into one fused kernel that made all-MiniLM-L6-v2 18% slower
-    end to end (DINOv2-Base and BERT-base unchanged within noise).
-    """
-
-    def __init__(self, dim: int, *, epsilon: float):
-        self.scale = nnx.Param(jnp.ones((dim,)))
-        self.bias = nnx.Param(jnp.zeros((dim,)))
-        self.epsilon = epsilon
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        mean, mean_sq = layer_norm_stats(x32, by_matmul=jax.default_backend() == "cpu")
-        var = jnp.maximum(mean_sq - mean * mean, 0.0)
-        y = (x32 - mean[..., None]) * jax.lax.rsqrt(var + self.epsilon)[..., None]
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
-
-
-def layer_norm_stats(x: jax.Array, *, by_matmul: bool) -> tuple[jax.Array, jax.Array]:
-    """Mean and mean square of float32 ``x`` over its last axis."""
-    if not by_matmul:
-        return x.mean(axis=-1), (x * x).mean(axis=-1)
-    weights = jnp.full((x.shape[-1],), 1.0 / x.shape[-1], jnp.float32)
-    dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
-    return dot(x, weights), dot(x * x, weights)
-
-
-ACTIVATIONS = {
-    "gelu": gelu,
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)

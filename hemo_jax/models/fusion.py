@@ -1,4 +1,4 @@
-"""Fusion of branch outputs into one prediction, and the classifier head every branch uses.
+"""Fusion of branch outputs into one prediction.
 
 A fusion reads each branch's aux (``pooled`` [B, E_b]; the cross-attention
 fusion also ``tokens`` [B, T_b, E_b] and ``mask`` [B, T_b]) and returns
@@ -10,7 +10,7 @@ the order a config lists them in.
   block (LN, MLP, residual) -> classifier.
 - ``cross_attention``: every branch's pooled embedding and tokens, projected to
   the fusion width and tagged with a learned per-branch embedding, form one
-  set; a learned query attends over it (padding masked) in pre-norm blocks,
+  set; a learned query attends over it (padding masked) in a pre-norm block,
   then the classifier. It can weigh frames of one modality by what another shows.
 
 The task is binary with 2 logits (softmax cross-entropy; class 1 = win/positive);
@@ -27,21 +27,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hemo_jax.models.dropout import Dropout
+from hemo_jax.models.layers import ClassifierHead, layer_norm
 from hemo_jax.models.partitioning import axes
-from hemo_jax.models.transformer import Mlp, MultiHeadAttention, layer_norm
+from hemo_jax.models.transformer import Mlp, MultiHeadAttention
 
 FUSIONS = ("concat", "cross_attention")
+MLP_RATIO = 4  # the fusion's MLP width over its own width, whatever the branches use
 
 
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     width: int = 256
-    mlp_ratio: float = 4.0
     dropout: float = 0.1
     num_classes: int = 2
     heads: int = 4  # cross_attention only
-    depth: int = 1  # cross_attention blocks
-    use_tokens: bool = True  # cross_attention: attend over tokens too, not only pooled
     attention: str | None = None  # implementation name for attention()
     dtype: str = "float32"
 
@@ -53,35 +52,11 @@ class FusionConfig:
 
     @property
     def mlp_dim(self) -> int:
-        return int(self.width * self.mlp_ratio)
+        return self.width * MLP_RATIO
 
     @classmethod
     def tiny(cls, **kw) -> FusionConfig:
         return cls(**{"width": 16, "heads": 2, "dropout": 0.0, **kw})
-
-
-class ClassifierHead(nnx.Module):
-    """LayerNorm -> dropout -> linear to logits.
-
-    The linear layer starts at zero (as big_vision's heads): every class starts
-    equally likely, so training begins at loss log(num_classes) whatever the seed.
-    """
-
-    def __init__(self, width: int, num_classes: int, dropout: float, *, rngs: nnx.Rngs):
-        self.norm = layer_norm(width, "float32", rngs)
-        self.drop = Dropout(dropout, rngs=rngs)
-        self.linear = nnx.Linear(
-            width,
-            num_classes,
-            kernel_init=nnx.initializers.zeros_init(),
-            kernel_metadata=axes("embed", "classes"),
-            bias_metadata=axes("classes"),
-            rngs=rngs,
-        )
-
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        x = self.drop(self.norm(x.astype(jnp.float32)), deterministic=deterministic)
-        return self.linear(x)
 
 
 def _check_branches(expected: tuple[str, ...], branch_aux: Mapping[str, Mapping]) -> None:
@@ -106,7 +81,7 @@ class ConcatFusion(nnx.Module):
     def __init__(self, widths: Mapping[str, int], cfg: FusionConfig, *, rngs: nnx.Rngs):
         self.names = tuple(sorted(widths))
         self.proj = _project(sum(widths.values()), cfg.width, cfg.dtype, rngs)
-        self.norm = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
         self.drop = Dropout(cfg.dropout, rngs=rngs)
         self.head = ClassifierHead(cfg.width, cfg.num_classes, cfg.dropout, rngs=rngs)
@@ -124,12 +99,12 @@ class CrossAttentionBlock(nnx.Module):
     """q + Drop(Attn(LN(q), LN(set))), then q + Drop(MLP(LN(q)))."""
 
     def __init__(self, cfg: FusionConfig, *, rngs: nnx.Rngs):
-        self.norm_q = layer_norm(cfg.width, cfg.dtype, rngs)
-        self.norm_kv = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm_q = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
+        self.norm_kv = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.attn = MultiHeadAttention(
             cfg.width, cfg.heads, implementation=cfg.attention, dtype=cfg.dtype, rngs=rngs
         )
-        self.norm_mlp = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm_mlp = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
         self.drop = Dropout(cfg.dropout, rngs=rngs)
 
@@ -147,7 +122,6 @@ class CrossAttentionFusion(nnx.Module):
 
     def __init__(self, widths: Mapping[str, int], cfg: FusionConfig, *, rngs: nnx.Rngs):
         self.names = tuple(sorted(widths))
-        self.use_tokens = cfg.use_tokens
         self.proj = nnx.Dict(
             {n: _project(widths[n], cfg.width, cfg.dtype, rngs) for n in self.names}
         )
@@ -156,7 +130,7 @@ class CrossAttentionFusion(nnx.Module):
             init(rngs.params(), (len(self.names), cfg.width)), **axes("branches", "embed")
         )
         self.query = nnx.Param(init(rngs.params(), (1, 1, cfg.width)), **axes(None, None, "embed"))
-        self.blocks = nnx.List([CrossAttentionBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        self.block = CrossAttentionBlock(cfg, rngs=rngs)
         self.head = ClassifierHead(cfg.width, cfg.num_classes, cfg.dropout, rngs=rngs)
 
     def __call__(
@@ -167,19 +141,14 @@ class CrossAttentionFusion(nnx.Module):
         for i, name in enumerate(self.names):
             aux = branch_aux[name]
             pooled = aux["pooled"][:, None]  # always valid, so no row is all padding
-            parts, part_masks = [pooled], [jnp.ones(pooled.shape[:2], bool)]
-            if self.use_tokens:
-                if "tokens" not in aux or "mask" not in aux:
-                    raise KeyError(f"cross-attention fusion needs branch {name!r} tokens and mask")
-                parts.append(aux["tokens"])
-                part_masks.append(aux["mask"].astype(bool))
-            members.append(self.proj[name](jnp.concatenate(parts, axis=1)) + self.branch_embed[i])
-            masks.extend(part_masks)
+            if "tokens" not in aux or "mask" not in aux:
+                raise KeyError(f"cross-attention fusion needs branch {name!r} tokens and mask")
+            tokens = jnp.concatenate([pooled, aux["tokens"]], axis=1)
+            members.append(self.proj[name](tokens) + self.branch_embed[i])
+            masks += [jnp.ones(pooled.shape[:2], bool), aux["mask"].astype(bool)]
         kv, mask = jnp.concatenate(members, axis=1), jnp.concatenate(masks, axis=1)
         q = jnp.broadcast_to(self.query[...], (kv.shape[0], 1, kv.shape[-1])).astype(kv.dtype)
-        for block in self.blocks:
-            q = block(q, kv, mask, deterministic=deterministic)
-        fused = q[:, 0]
+        fused = self.block(q, kv, mask, deterministic=deterministic)[:, 0]
         return self.head(fused, deterministic=deterministic), {"pooled": fused}
 
 

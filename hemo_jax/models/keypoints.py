@@ -41,12 +41,13 @@ from flax import nnx
 
 from hemo_jax.contract import keypoint_layout
 from hemo_jax.models.dropout import Dropout
-from hemo_jax.models.fusion import ClassifierHead
+from hemo_jax.models.layers import ClassifierHead, layer_norm
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
 from hemo_jax.models.transformer import TransformerConfig, TransformerEncoder
 
 BACKBONES = ("mlp", "gcn", "gat", "gin")
 CHANNELS = 5  # x, y, confidence, dx, dy
+GAT_HEADS = 4
 
 # OpenPose BODY_25 limbs (POSE_BODY_25_PAIRS_RENDER): a tree over 25 joints.
 BODY_25_EDGES: tuple[tuple[int, int], ...] = (
@@ -81,12 +82,19 @@ FACE_70_EDGES: tuple[tuple[int, int], ...] = (
 HAND_21_EDGES: tuple[tuple[int, int], ...] = tuple(
     edge for base in (1, 5, 9, 13, 17) for edge in ((0, base),) + _chain(base, base + 3)
 )
-HANDS_42_EDGES = HAND_21_EDGES + tuple((i + 21, j + 21) for i, j in HAND_21_EDGES)
+_HAND = keypoint_layout.HAND_POINTS
+HANDS_42_EDGES = HAND_21_EDGES + tuple((i + _HAND, j + _HAND) for i, j in HAND_21_EDGES)
 
+
+def _size(part: slice) -> int:
+    return part.stop - part.start
+
+
+# Stream name -> (joints, edges); the joints are the record's, in keypoint_layout's order.
 STREAMS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {
-    "body": (25, BODY_25_EDGES),
-    "face": (70, FACE_70_EDGES),
-    "hands": (42, HANDS_42_EDGES),
+    "body": (_size(keypoint_layout.BODY), BODY_25_EDGES),
+    "face": (_size(keypoint_layout.FACE), FACE_70_EDGES),
+    "hands": (_size(keypoint_layout.HANDS), HANDS_42_EDGES),
 }
 
 
@@ -114,7 +122,6 @@ class KeypointConfig:
     backbone: str = "mlp"  # one of BACKBONES
     channels: int = 32  # per-joint width inside the backbone
     depth: int = 2  # backbone blocks
-    gat_heads: int = 4
     stream_width: int = 128  # each stream's frame embedding
     dropout: float = 0.1
     remat: bool = False  # recompute the per-frame backbones in the backward pass
@@ -127,9 +134,9 @@ class KeypointConfig:
     def __post_init__(self):
         if self.backbone not in BACKBONES:
             raise ValueError(f"keypoint backbone {self.backbone!r} is not one of {BACKBONES}")
-        if self.backbone == "gat" and self.channels % self.gat_heads:
+        if self.backbone == "gat" and self.channels % GAT_HEADS:
             raise ValueError(
-                f"channels {self.channels} not divisible by gat_heads {self.gat_heads}"
+                f"keypoint channels {self.channels} not divisible by the {GAT_HEADS} GAT heads"
             )
 
     @classmethod
@@ -141,15 +148,6 @@ class KeypointConfig:
 def _linear(n_in: int, n_out: int, names: tuple[str, str], rngs: nnx.Rngs, **kw) -> nnx.Linear:
     return nnx.Linear(
         n_in, n_out, kernel_metadata=axes(*names), bias_metadata=axes(names[1]), rngs=rngs, **kw
-    )
-
-
-def _joint_norm(channels: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        channels,
-        scale_metadata=axes("joint_channels"),
-        bias_metadata=axes("joint_channels"),
-        rngs=rngs,
     )
 
 
@@ -182,7 +180,7 @@ class GraphAttention(nnx.Module):
     """Multi-head GAT: each joint attends over its graph neighbours and itself."""
 
     def __init__(self, num_joints: int, edges, cfg: KeypointConfig, *, rngs: nnx.Rngs):
-        self.num_joints, self.edges, self.heads = num_joints, edges, cfg.gat_heads
+        self.num_joints, self.edges, self.heads = num_joints, edges, GAT_HEADS
         c = cfg.channels
         self.proj = _linear(c, c, ("joint_channels", "joint_hidden"), rngs, use_bias=False)
         init = nnx.initializers.normal(1.0 / np.sqrt(c // self.heads))
@@ -220,7 +218,10 @@ class JointBlock(nnx.Module):
 
     def __init__(self, mix: nnx.Module, cfg: KeypointConfig, *, rngs: nnx.Rngs):
         c = cfg.channels
-        self.norm1, self.norm2 = _joint_norm(c, rngs), _joint_norm(c, rngs)
+        self.norm1, self.norm2 = (
+            layer_norm(c, rngs, axis="joint_channels"),
+            layer_norm(c, rngs, axis="joint_channels"),
+        )
         self.mix = mix
         self.up = _linear(c, 2 * c, ("joint_channels", "joint_hidden"), rngs)
         self.down = _linear(2 * c, c, ("joint_hidden", "joint_channels"), rngs)
@@ -250,7 +251,7 @@ class StreamBackbone(nnx.Module):
             return kind(num_joints, edges, cfg, rngs=rngs)
 
         self.blocks = nnx.List([JointBlock(mixer(), cfg, rngs=rngs) for _ in range(cfg.depth)])
-        self.norm = _joint_norm(c, rngs)
+        self.norm = layer_norm(c, rngs, axis="joint_channels")
         self.readout = nnx.LinearGeneral(
             (num_joints, c),
             cfg.stream_width,
@@ -305,7 +306,8 @@ class KeypointBranch(nnx.Module):
             if value.ndim != len(expected[key]) or value.shape != expected[key]:
                 raise ValueError(
                     f"batch[{key!r}] has shape {value.shape}, expected {expected[key]} "
-                    "(keypoints [B, F, 137, 3], offsets [B, F, 137, 2], mask [B, F])"
+                    f"(keypoints [B, F, {keypoint_layout.NUM_KEYPOINTS}, 3], offsets "
+                    f"[B, F, {keypoint_layout.NUM_KEYPOINTS}, 2], mask [B, F])"
                 )
         # The per-frame backbones are small and run in float32; the Transformer casts
         # the frame tokens to its compute dtype.
@@ -320,10 +322,7 @@ class KeypointBranch(nnx.Module):
         parts = {
             "body": feats[:, :, keypoint_layout.BODY],
             "face": feats[:, :, keypoint_layout.FACE],
-            "hands": jnp.concatenate(
-                [feats[:, :, keypoint_layout.LEFT_HAND], feats[:, :, keypoint_layout.RIGHT_HAND]],
-                axis=2,
-            ),
+            "hands": feats[:, :, keypoint_layout.HANDS],  # left then right, adjacent
         }
 
         def run_stream(stream: StreamBackbone, x: jax.Array) -> jax.Array:

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hemo_jax.models.fusion import ClassifierHead, FusionConfig, make_fusion
+from hemo_jax.models.fusion import FusionConfig, make_fusion
+from hemo_jax.models.layers import ClassifierHead, layer_norm
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
 from hemo_jax.models.transformer import TransformerConfig, TransformerEncoder, masked_mean
 
@@ -68,12 +69,7 @@ class ImageBranch(nnx.Module):
     def __init__(self, cfg: ImageConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.width, self.num_classes = cfg.transformer.width, cfg.num_classes
-        self.in_norm = nnx.LayerNorm(
-            cfg.feature_dim,
-            scale_metadata=axes("features"),
-            bias_metadata=axes("features"),
-            rngs=rngs,
-        )
+        self.in_norm = layer_norm(cfg.feature_dim, rngs, axis="features")
         self.proj = nnx.Linear(
             cfg.feature_dim,
             self.width,
@@ -133,8 +129,6 @@ class TextConfig:
     width: int = 256  # the branch's embedding width (the encoder's output is projected)
     dropout: float = 0.1
     num_classes: int = 2
-    ids_key: str = "text_ids"
-    mask_key: str = "text_mask"
 
 
 class TextBranch(nnx.Module):
@@ -144,8 +138,8 @@ class TextBranch(nnx.Module):
     returning ``(pooled, aux)`` with aux["tokens"] [B, T, encoder_width]: the
     project's ``BertModel`` (e.g. all-MiniLM-L6-v2, whose sentence embedding is
     exactly this masked mean) or ``TransformerTextEncoder``. An encoder that
-    takes ``deterministic`` (has dropout) gets it. Two text branches (transcript,
-    reasoning) differ only in their batch keys.
+    takes ``deterministic`` (has dropout) gets it. Reads ``text_ids`` and
+    ``text_mask`` [B, T] from the batch.
     """
 
     def __init__(self, encoder: nnx.Module, encoder_width: int, cfg: TextConfig, *, rngs: nnx.Rngs):
@@ -165,12 +159,11 @@ class TextBranch(nnx.Module):
     def __call__(
         self, batch: Mapping[str, jax.Array], *, deterministic: bool
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        ids = _get(batch, self.cfg.ids_key, "text", 2)
-        mask = _get(batch, self.cfg.mask_key, "text", 2).astype(bool)
+        ids = _get(batch, "text_ids", "text", 2)
+        mask = _get(batch, "text_mask", "text", 2).astype(bool)
         if mask.shape != ids.shape:
             raise ValueError(
-                f"batch[{self.cfg.mask_key!r}] shape {mask.shape} != "
-                f"batch[{self.cfg.ids_key!r}] shape {ids.shape}"
+                f"batch['text_mask'] shape {mask.shape} != batch['text_ids'] shape {ids.shape}"
             )
         kw = {"deterministic": deterministic} if self.encoder_has_dropout else {}
         _, enc_aux = self.encoder(ids, mask, **kw)

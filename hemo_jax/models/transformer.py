@@ -22,6 +22,7 @@ from flax import nnx
 
 from hemo_jax.models.attention import attention
 from hemo_jax.models.dropout import Dropout
+from hemo_jax.models.layers import layer_norm
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
 
 POOLINGS = ("mean", "attention")
@@ -92,16 +93,6 @@ def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
         return jnp.mean(x, axis=1)
     w = mask.astype(x.dtype)[..., None]
     return jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1)
-
-
-def layer_norm(width: int, dtype: str, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        width,
-        dtype=jnp.dtype(dtype),
-        scale_metadata=axes("embed"),
-        bias_metadata=axes("embed"),
-        rngs=rngs,
-    )
 
 
 class MultiHeadAttention(nnx.Module):
@@ -205,9 +196,9 @@ class EncoderBlock(nnx.Module):
     """Pre-norm block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x)))."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-        self.norm1 = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm1 = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.attn = _attention(cfg, rngs)
-        self.norm2 = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm2 = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
         self.drop = Dropout(cfg.dropout, rngs=rngs)
 
@@ -228,7 +219,7 @@ class AttentionPool(nnx.Module):
         init = nnx.initializers.normal(0.02)
         self.probe = nnx.Param(init(rngs.params(), (1, 1, cfg.width)), **axes(None, None, "embed"))
         self.attn = _attention(cfg, rngs)
-        self.norm = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, cfg.dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -243,7 +234,7 @@ class TransformerEncoder(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.blocks = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
-        self.norm = layer_norm(cfg.width, cfg.dtype, rngs)
+        self.norm = layer_norm(cfg.width, rngs, dtype=cfg.dtype)
         self.pool = AttentionPool(cfg, rngs=rngs) if cfg.pooling == "attention" else None
 
     def __call__(

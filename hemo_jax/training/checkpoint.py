@@ -9,8 +9,7 @@ iterator, one file per process), ``config`` (JSON) and ``meta`` (step, metrics).
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -308,21 +307,19 @@ def load_params(
 
 
 def _branch_problems(
-    target: Mapping[str, Any], source: Mapping[str, Any], prefix: str, skip: Sequence[str]
+    target: Mapping[str, Any],
+    source: Mapping[str, Any],
+    prefix: str,
+    loaded: Callable[[str], bool],
 ) -> tuple[set[str], dict[str, Any], list[str]]:
     flat_target = _flatten(target)
     flat_source = {f"{prefix}/{k}": v for k, v in _flatten(source).items()}
-    skipped = [re.compile(p) for p in skip]
-
-    def is_skipped(key: str) -> bool:
-        return any(p.search(key) for p in skipped)
-
     wanted = {
         k: tuple(np.shape(v))
         for k, v in flat_target.items()
-        if k.startswith(prefix + "/") and not is_skipped(k)
+        if k.startswith(prefix + "/") and loaded(k)
     }
-    given = {k: tuple(np.shape(v)) for k, v in flat_source.items() if not is_skipped(k)}
+    given = {k: tuple(np.shape(v)) for k, v in flat_source.items() if loaded(k)}
     problems = _differences(wanted, given, extra="unexpected in checkpoint", target="model")
     return set(wanted), flat_source, problems
 
@@ -335,23 +332,28 @@ def _raise_problems(problems: list[str], prefix: str, origin: str) -> None:
         )
 
 
+def _everything(path: str) -> bool:
+    return True
+
+
 def check_params(
     target: Mapping[str, Any],
     source: Mapping[str, Any],
     *,
     prefix: str,
-    skip: Sequence[str] = (),
+    loaded: Callable[[str], bool] = _everything,
     origin: str = "",
 ) -> None:
     """Raises CheckpointMismatch unless ``source`` fits the ``prefix`` subtree of ``target``.
 
     ``target`` leaves need only a shape (arrays or ``jax.ShapeDtypeStruct``), so a
-    checkpoint can be checked against a model before it is built. Keys matching a
-    ``skip`` regex are ignored on both sides; every other key must exist on both
-    sides with the same shape. All problems are reported in one error, which
-    names ``origin`` (where the checkpoint came from) when given.
+    checkpoint can be checked against a model before it is built. Paths
+    ("branches/keypoints/head/...") for which ``loaded`` is false are ignored on both
+    sides; every other key must exist on both sides with the same shape. All problems
+    are reported in one error, which names ``origin`` (where the checkpoint came from)
+    when given.
     """
-    _raise_problems(_branch_problems(target, source, prefix, skip)[2], prefix, origin)
+    _raise_problems(_branch_problems(target, source, prefix, loaded)[2], prefix, origin)
 
 
 def merge_params(
@@ -359,16 +361,16 @@ def merge_params(
     source: Mapping[str, Any],
     *,
     prefix: str,
-    skip: Sequence[str] = (),
+    loaded: Callable[[str], bool] = _everything,
     origin: str = "",
 ) -> dict[str, Any]:
     """Copies ``source`` into the ``prefix`` subtree of ``target``, strictly.
 
-    Keys matching a ``skip`` regex (e.g. a stage-1 head) are left as initialised
-    in ``target`` and ignored in ``source``. Every other key must exist on both
-    sides with the same shape (``check_params``); all problems are reported in one error.
+    Paths for which ``loaded`` is false (e.g. a stage-1 head) are left as initialised
+    in ``target`` and ignored in ``source``. Every other key must exist on both sides
+    with the same shape (``check_params``); all problems are reported in one error.
     """
-    wanted, flat_source, problems = _branch_problems(target, source, prefix, skip)
+    wanted, flat_source, problems = _branch_problems(target, source, prefix, loaded)
     _raise_problems(problems, prefix, origin)
     merged = dict(_flatten(target))
     for k in wanted:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Iterator
 
-import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from hemo_jax.contract.shards import ShardSet
 from hemo_jax.data import pipeline
-from hemo_jax.models import factory
-from hemo_jax.training import checkpoint, inputs, metrics, sharding, trainer
+from hemo_jax.data.text import RecordText
+from hemo_jax.training import metrics, sharding, trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,22 +24,25 @@ class Predictions:
 
 
 class Evaluator:
-    """Runs the model over every window of every video of one split."""
+    """Runs the model over every window of every video of one split (``pipeline_config``)."""
 
     def __init__(
         self,
-        config: ml_collections.ConfigDict,
         shards: ShardSet,
         mesh: Mesh,
+        pipeline_config: pipeline.PipelineConfig,
         *,
-        text_fn: Any = None,
-        split: str | None = None,
+        text_fn: RecordText | None,
+        predict_fn: trainer.PredictFn,
+        compute_dtype: str,
     ):
-        self.config, self.shards, self.mesh, self.text_fn = config, shards, mesh, text_fn
-        self.pcfg = inputs.pipeline_config(config, train=False, split=split)
+        self.shards, self.mesh, self.pcfg, self.text_fn = shards, mesh, pipeline_config, text_fn
+        self.predict_fn, self.compute_dtype = predict_fn, compute_dtype
         self._step = None
 
-    def predict(self, state: trainer.TrainState) -> Predictions:
+    def _window_rows(self, state: trainer.ModelState) -> Iterator[dict[str, float]]:
+        """One dict per real (not padding) window: video_index, window_index and every
+        probability the predict function returns."""
         loader = pipeline.make_loader(
             self.shards,
             self.pcfg,
@@ -50,23 +51,35 @@ class Evaluator:
             data_axis=sharding.BATCH_AXES,
             text_fn=self.text_fn,
         )
-        sums: dict[str, dict[int, float]] = {}
-        counts: dict[int, int] = {}
         with loader:
             for batch in loader:
                 if self._step is None:
                     self._step = trainer.make_eval_step(
-                        state, self.mesh, batch, self.config.train.compute_dtype
+                        state.graphdef,
+                        self.mesh,
+                        batch,
+                        predict_fn=self.predict_fn,
+                        compute_dtype=self.compute_dtype,
                     )
                 out = {k: np.asarray(v) for k, v in self._step(state.state, batch).items()}
+                window = np.asarray(batch["window_index"])
                 for row in np.flatnonzero(out["valid"]):
-                    vid = int(out["video_index"][row])
-                    counts[vid] = counts.get(vid, 0) + 1
-                    for key, value in out.items():
-                        if key.startswith("prob"):
-                            sums.setdefault(key, {})[vid] = sums.get(key, {}).get(vid, 0.0) + float(
-                                value[row]
-                            )
+                    values = {k: float(v[row]) for k, v in out.items() if k.startswith("prob")}
+                    yield {
+                        "video_index": int(out["video_index"][row]),
+                        "window_index": int(window[row]),
+                        **values,
+                    }
+
+    def predict(self, state: trainer.ModelState) -> Predictions:
+        sums: dict[str, dict[int, float]] = {}
+        counts: dict[int, int] = {}
+        for row in self._window_rows(state):
+            vid = row["video_index"]
+            counts[vid] = counts.get(vid, 0) + 1
+            for key, value in row.items():
+                if key.startswith("prob"):
+                    sums.setdefault(key, {})[vid] = sums.get(key, {}).get(vid, 0.0) + value
         order = np.array(sorted(counts), np.int64)
         mean = {k: np.array([v[i] / counts[i] for i in order]) for k, v in sums.items()}
         return Predictions(
@@ -75,10 +88,17 @@ class Evaluator:
             branch_probability={k.removeprefix("prob_"): v for k, v in mean.items()},
         )
 
+    def window_predictions(self, state: trainer.ModelState) -> dict[tuple[int, int], float]:
+        """P(win) of every window: (record index, window index) -> probability."""
+        return {
+            (row["video_index"], row["window_index"]): row["prob"]
+            for row in self._window_rows(state)
+        }
+
     def labels(self, predictions: Predictions) -> np.ndarray:
         return np.array([self.shards.infos[i].label for i in predictions.record_index])
 
-    def metrics(self, state: trainer.TrainState) -> dict[str, float]:
+    def metrics(self, state: trainer.ModelState) -> dict[str, float]:
         """Point metrics of the fused prediction on the split's true labels."""
         pred = self.predict(state)
         labels = self.labels(pred)
@@ -91,35 +111,3 @@ class Evaluator:
                 branch = metrics.point_metrics(labels[known], probs[known])
                 out[f"{name}_balanced_accuracy"] = branch["balanced_accuracy"]
         return out
-
-
-def load_trained(
-    workdir: str, *, checkpoint_step: str = "latest", shards: str | None = None
-) -> tuple[ml_collections.ConfigDict, trainer.TrainState, Mesh, int]:
-    """The config and trained parameters of a workdir, on a mesh of all devices.
-
-    ``checkpoint_step`` is "latest", "best" (by the config's best metric) or a step number.
-    ``shards`` replaces the config's shard set (to predict on other data).
-    """
-    if checkpoint_step not in ("latest", "best") and not checkpoint_step.isdigit():
-        raise ValueError(f"checkpoint {checkpoint_step!r} is not latest, best or a step number")
-    checkpoint.existing_checkpoint_dir(workdir)
-    store = checkpoint.CheckpointStore(workdir, best_metric=None)
-    try:
-        latest = store.latest_step()
-        if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir!r}")
-        config = ml_collections.ConfigDict(store.restore_item(latest, "config"))
-    finally:
-        store.close()
-    if shards:
-        config.data.shards = shards
-    step = None if checkpoint_step in ("latest", "best") else int(checkpoint_step)
-    best = config.train.best_metric if checkpoint_step == "best" else None
-    params, step = checkpoint.load_params(workdir, step=step, best_metric=best)
-    mesh = sharding.make_mesh(data=-1)
-    state = trainer.create_train_state(
-        lambda key: factory.build_model(config, seed=key), optax.set_to_zero(), mesh
-    )
-    state = trainer.restore_checkpoint_tree(state, {"params": params})
-    return config, state, mesh, step

@@ -1,11 +1,11 @@
-"""The train and eval steps, shared by both stages.
+"""The train and eval steps, shared by both stages, and the states they run on.
 
-A model is any NNX module called as ``model(batch, deterministic=...)`` that
-returns ``(logits, aux)`` with ``aux["branch_logits"]`` (a dict, possibly
-empty). The step is a pure function ``(state, batch, rng) -> (state, metrics)``
+The trainer knows nothing of the model's insides: a ``LossFn`` turns (model, batch)
+into weighted loss sums and a ``PredictFn`` into probabilities (the experiment
+supplies both). The step is a pure function ``(state, batch, rng) -> (state, metrics)``
 over the flat NNX state of (model, optimizer), jitted with donated state and
-explicit shardings. Stage 1 and stage 2 differ only in the model and in which
-parameters are trainable.
+explicit shardings. Stage 1 and stage 2 differ only in the model, the loss and in
+which parameters are trainable.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hemo_jax.training import metrics, sharding
+from hemo_jax.training import sharding
 
 
 class NonFiniteError(FloatingPointError):
@@ -37,15 +37,22 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 class StepOptions:
     compute_dtype: str = "float32"  # bfloat16: bf16 compute over float32 parameters
     grad_accum: int = 1
-    aux_loss_weight: float = 0.0  # weight of each branch's own loss in the fused model
 
     def __post_init__(self):
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.aux_loss_weight < 0:
-            raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+
+
+# (model, inputs in the compute dtype, batch in full precision) -> (loss sum, metric sums
+# with "loss_sum", "weight_sum", "correct" and "count").
+LossFn = Callable[
+    [nnx.Module, Mapping[str, jax.Array], Mapping[str, jax.Array]],
+    tuple[jax.Array, dict[str, jax.Array]],
+]
+# (model, inputs) -> {"prob": P(class 1) [B], other "prob_*" entries}, deterministic.
+PredictFn = Callable[[nnx.Module, Mapping[str, jax.Array]], dict[str, jax.Array]]
 
 
 def make_optimizer(
@@ -199,30 +206,6 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     )
 
 
-def _loss_sums(
-    model: nnx.Module,
-    inputs: Mapping[str, jax.Array],
-    batch: Mapping[str, jax.Array],
-    options: StepOptions,
-):
-    """Weighted cross-entropy sums of the fused logits (plus each branch's, if asked).
-
-    The model reads ``inputs`` (the batch in the compute dtype); targets and
-    weights come from ``batch`` in full precision. The data pipeline sets each
-    example's ``target`` (its label, or its pseudo label for the pseudo-labelled
-    pool) and ``sample_weight`` (class weights, labeler confidence, zero for padding).
-    """
-    logits, aux = model(inputs, deterministic=False)
-    target, weight, valid = batch["target"], batch["sample_weight"], batch["valid"]
-    sums = metrics.classification_sums(logits, target, weight, valid)
-    loss_sum = sums["loss_sum"]
-    if options.aux_loss_weight:
-        for branch_logits in aux.get("branch_logits", {}).values():
-            extra = metrics.classification_sums(branch_logits, target, weight, valid)
-            loss_sum = loss_sum + options.aux_loss_weight * extra["loss_sum"]
-    return loss_sum, sums
-
-
 def _leaf_names(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
@@ -232,17 +215,19 @@ def make_train_step(
     mesh: Mesh,
     batch_example: Mapping[str, Any],
     *,
+    loss_fn: LossFn,
     options: StepOptions,
 ) -> Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, dict[str, jax.Array]]]:
     """The jitted step ``(state, batch, rng) -> (state, metrics)``; state is donated.
 
+    ``batch_example`` gives the batch's shapes (arrays or ``jax.ShapeDtypeStruct``).
     ``step.grad_names`` names the gradient leaves; ``step.lower(state, batch, rng)``
-    traces and lowers the step without running it.
+    traces and lowers the step without running it (abstract arguments will do).
     """
     graphdef, trainable = train_state.graphdef, train_state.trainable
     compute_dtype = jnp.dtype(options.compute_dtype)
     accum = options.grad_accum
-    batch_size = len(batch_example["target"])
+    batch_size = batch_example["target"].shape[0]
     if batch_size % accum:
         raise ValueError(f"grad_accum {accum} must divide the global batch size {batch_size}")
 
@@ -250,14 +235,14 @@ def make_train_step(
         model, optimizer = nnx.merge(graphdef, state)
         model_def, params, rest = nnx.split(model, trainable, ...)
 
-        def loss_fn(params, micro, key):
+        def loss(params, micro, key):
             m = nnx.merge(
                 model_def, _cast_floats(params, compute_dtype), _cast_floats(rest, compute_dtype)
             )
             nnx.reseed(m, dropout=key)
-            return _loss_sums(m, _cast_floats(micro, compute_dtype), micro, options)
+            return loss_fn(m, _cast_floats(micro, compute_dtype), micro)
 
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
         if accum == 1:
             (_, sums), grads = grad_fn(params, batch, rng)
         else:
@@ -294,7 +279,7 @@ def make_train_step(
 
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_shardings = {
-        k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()
+        k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch_example.items()
     }
     jitted = jax.jit(
         step,
@@ -334,45 +319,51 @@ def check_finite(step: int, out: Mapping[str, Any], grad_names: list[str]) -> No
         )
 
 
+@dataclasses.dataclass
+class ModelState:
+    """Graph definition and sharded state of a model alone: what inference runs on."""
+
+    graphdef: Any
+    state: Any
+
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.state)
+
+
+def model_state(train_state: TrainState) -> ModelState:
+    """The model part of a training state (its arrays shared, not copied)."""
+    return ModelState(*nnx.split(train_state.model()))
+
+
 def make_eval_step(
-    train_state: TrainState, mesh: Mesh, batch_example: Mapping[str, Any], compute_dtype: str
+    graphdef: Any,
+    mesh: Mesh,
+    batch_example: Mapping[str, Any],
+    *,
+    predict_fn: PredictFn,
+    compute_dtype: str,
 ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """Jitted ``(state, batch) -> {prob, prob_<branch>, video_index, valid}``, replicated."""
-    graphdef = train_state.graphdef
+    """Jitted ``(model state, batch) -> {prob..., video_index, valid}``, replicated."""
     dtype = jnp.dtype(compute_dtype)
 
     def step(state: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        model, _ = nnx.merge(graphdef, state)
-        model = nnx.merge(*_split_cast(model, dtype))
-        logits, aux = model(_cast_floats(batch, dtype), deterministic=True)
+        model = nnx.merge(graphdef, _cast_floats(state, dtype))
+        out = predict_fn(model, _cast_floats(batch, dtype))
         # Identifiers pass through so every host sees them replicated, with the probabilities.
-        out = {
-            "prob": jax.nn.softmax(logits.astype(jnp.float32))[:, 1],
-            "video_index": batch["video_index"],
-            "valid": batch["valid"],
-        }
-        for name, branch_logits in aux.get("branch_logits", {}).items():
-            out[f"prob_{name}"] = jax.nn.softmax(branch_logits.astype(jnp.float32))[:, 1]
-        return out
+        return {**out, "video_index": batch["video_index"], "valid": batch["valid"]}
 
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_shardings = {
         k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch_example.items()
     }
-    jitted = jax.jit(
-        step, in_shardings=(train_state.shardings, batch_shardings), out_shardings=replicated
-    )
+    # The state keeps the shardings it has (training's, or those it was loaded with).
+    jitted = jax.jit(step, in_shardings=(None, batch_shardings), out_shardings=replicated)
 
     def run(state, batch):
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             return jitted(state, batch)
 
     return run
-
-
-def _split_cast(model: nnx.Module, dtype: jnp.dtype) -> tuple[Any, Any]:
-    graphdef, state = nnx.split(model)
-    return graphdef, _cast_floats(state, dtype)
 
 
 def _str_keys(tree: Any) -> Any:
@@ -382,9 +373,13 @@ def _str_keys(tree: Any) -> Any:
 
 
 def _like(template: Any, restored: Any) -> Any:
-    """``restored`` (string keys) rebuilt with the keys of ``template`` (int or str)."""
+    """``restored`` (string keys, as checkpoints hold them, or the template's own) rebuilt
+    with the keys of ``template`` (int or str)."""
     if isinstance(template, Mapping):
-        return {k: _like(v, restored[str(k)]) for k, v in template.items()}
+        return {
+            k: _like(v, restored[k] if k in restored else restored[str(k)])
+            for k, v in template.items()
+        }
     return restored
 
 
@@ -408,15 +403,55 @@ def abstract_checkpoint_tree(train_state: TrainState) -> dict[str, Any]:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, spec)
 
 
+def _fill(target: nnx.Object, tree: Mapping[str, Any], wrt: Any = nnx.Param) -> None:
+    """Sets the ``wrt`` variables of ``target`` from a checkpoint tree (string keys)."""
+    state = nnx.state(target, wrt)
+    nnx.replace_by_pure_dict(state, _like(nnx.to_pure_dict(state), tree))
+    nnx.update(target, state)
+
+
+def _non_params(model_fn: ModelFn, seed: int) -> Any:
+    """The model's variables that are not parameters (its dropout RNG state), made by a
+    program whose parameter draws XLA removes as unused: no random weights are made."""
+
+    @jax.jit
+    def init(key: jax.Array) -> Any:
+        return nnx.state(model_fn(key), nnx.Not(nnx.Param))
+
+    return init(jax.random.key(seed))
+
+
+def restore_train_state(
+    abstract: TrainState, model_fn: ModelFn, tree: Mapping[str, Any], *, seed: int = 0
+) -> TrainState:
+    """The (model, optimizer) of ``abstract`` filled from a checkpoint tree holding both
+    ``params`` and ``opt`` (restored already sharded, ``abstract_checkpoint_tree``)."""
+    model, optimizer = nnx.merge(abstract.graphdef, abstract.state)
+    nnx.update(model, _non_params(model_fn, seed))
+    _fill(model, tree["params"])
+    _fill(optimizer, tree["opt"], ...)
+    state = jax.device_put(nnx.state((model, optimizer)), abstract.shardings)
+    return dataclasses.replace(abstract, state=state)
+
+
+def load_model_state(
+    model_fn: ModelFn, params: Mapping[str, Any], mesh: Mesh, *, seed: int = 0
+) -> ModelState:
+    """The model with ``params`` (host arrays, string keys), sharded on ``mesh``: built
+    from its abstract shapes, with no optimizer and no random weights."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_fn(jax.random.key(0))))
+    model = nnx.merge(graphdef, abstract)
+    nnx.update(model, _non_params(model_fn, seed))
+    _fill(model, params)
+    graphdef, state = nnx.split(model)
+    return ModelState(graphdef, jax.device_put(state, sharding.state_shardings(abstract, mesh)))
+
+
 def restore_checkpoint_tree(train_state: TrainState, tree: Mapping[str, Any]) -> TrainState:
     """A TrainState whose params (and optimizer state, if given) come from ``tree``."""
     model, optimizer = nnx.merge(train_state.graphdef, train_state.state)
-    params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, _like(nnx.to_pure_dict(params), tree["params"]))
-    nnx.update(model, params)
+    _fill(model, tree["params"])
     if "opt" in tree:
-        opt_state = nnx.state(optimizer)
-        nnx.replace_by_pure_dict(opt_state, _like(nnx.to_pure_dict(opt_state), tree["opt"]))
-        nnx.update(optimizer, opt_state)
+        _fill(optimizer, tree["opt"], ...)
     state = jax.device_put(nnx.state((model, optimizer)), train_state.shardings)
     return dataclasses.replace(train_state, state=state)

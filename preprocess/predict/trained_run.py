@@ -19,7 +19,7 @@ from typing import Any
 
 from hemo_jax.contract.shards import MANIFEST
 
-STACK_FILE = "stack.json"  # hemo_jax.training.stacked_runs.STACK_FILE
+STACK_FILE = "stack.json"  # hemo_jax.experiment.stack.STACK_FILE
 STATUS_FILE = "preprocess_status.json"  # preprocess.run.STATUS_FILE
 
 

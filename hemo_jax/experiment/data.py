@@ -1,5 +1,5 @@
-"""The data a training config names: its shard set and the pipeline settings for
-training and evaluation."""
+"""The data a training config names: its shard set, the pipeline settings for training and
+evaluation, and the text hook that tokenises each record for the text branch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import ml_collections
 
 from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data import pipeline, splits
+from hemo_jax.data.text import HashingTokenizer, PretrainedTokenizer, RecordText
+from hemo_jax.experiment.model import HASH_VOCAB
 
 
 def shard_set(config: ml_collections.ConfigDict) -> ShardSet:
@@ -45,3 +47,12 @@ def pipeline_config(
         seed=config.seed,
         num_workers=d.num_workers if train else 0,
     )
+
+
+def text_fn(config: ml_collections.ConfigDict, *, text_encoder: str | None) -> RecordText | None:
+    """The pipeline hook that tokenises each record's text, when there is a text branch:
+    with the tokenizer of the BERT directory ``text_encoder``, else by hashing words."""
+    if "text" not in config.branches:
+        return None
+    tokenizer = PretrainedTokenizer(text_encoder) if text_encoder else HashingTokenizer(HASH_VOCAB)
+    return RecordText(tokenizer, config.data.text_source, config.data.max_text_tokens)

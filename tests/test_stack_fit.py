@@ -1,4 +1,4 @@
-"""Folds for out-of-fold runs, and the stacked fusion's fit (``hemo_jax.training.stacking``)."""
+"""Folds for out-of-fold runs, and the stacked fusion's fit (``hemo_jax.training.stack_fit``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from hemo_jax.contract.shards import RecordInfo
 from hemo_jax.data import splits
-from hemo_jax.training import stacking
+from hemo_jax.training import stack_fit
 
 
 def info(video: str, subject: str, split: str = "train", label: int = 1, **kw) -> RecordInfo:
@@ -92,14 +92,14 @@ def test_holding_out_a_fold_drops_its_labelled_videos_and_keeps_the_pool():
 
 
 def test_labeler_evidence_is_the_signed_log_odds_of_the_confidence():
-    ev = stacking.labeler_evidence(np.array([1, 0, -1, 1]), np.array([0.9, 0.6, 0.0, 0.3]))
+    ev = stack_fit.labeler_evidence(np.array([1, 0, -1, 1]), np.array([0.9, 0.6, 0.0, 0.3]))
     # An unsure verdict (confidence below 0.5) is no evidence, not evidence for the other side.
     np.testing.assert_allclose(ev, [np.log(9.0), -np.log(1.5), 0.0, 0.0], atol=1e-12)
 
 
 def test_balanced_weights_give_each_class_the_same_total():
     target = np.array([1, 1, 1, 0])
-    w = stacking.balanced_weights(target, np.array([1.0, 1.0, 0.5, 1.0]))
+    w = stack_fit.balanced_weights(target, np.array([1.0, 1.0, 0.5, 1.0]))
     assert w[target == 1].sum() == pytest.approx(w[target == 0].sum())
     assert w.sum() == pytest.approx(3.5)
     assert w[0] == pytest.approx(2 * w[2])  # within a class the ratios stay
@@ -110,7 +110,7 @@ def test_fit_weighs_an_informative_feature_over_noise():
     y = rng.integers(0, 2, 400)
     signal = (2 * y - 1) * 2.0 + rng.normal(0, 1, 400)
     noise = rng.normal(0, 3, 400)
-    fusion = stacking.fit(("a", "b"), np.c_[signal, noise], y, np.ones(400))
+    fusion = stack_fit.fit(("a", "b"), np.c_[signal, noise], y, np.ones(400))
     assert fusion.coef[0] > 1.0 and abs(fusion.coef[1]) < 0.15 * fusion.coef[0]
     p = fusion.probability(np.c_[signal, noise])
     assert ((p > 0.5) == y).mean() > 0.9
@@ -124,9 +124,9 @@ def test_fit_matches_scikit_learn(l2):
     y = rng.integers(0, 2, 150)
     x = np.c_[(2 * y - 1) + rng.normal(0, 1.5, 150), rng.normal(0, 2, 150), rng.normal(1, 1, 150)]
     w = rng.uniform(0.5, 1.0, 150)
-    fusion = stacking.fit(("a", "b", "c"), x, y, w, l2=l2)
+    fusion = stack_fit.fit(("a", "b", "c"), x, y, w, l2=l2)
     ref = LogisticRegression(C=1 / l2, tol=1e-12, max_iter=10_000)
-    ref.fit(x, y, sample_weight=stacking.balanced_weights(y, w))
+    ref.fit(x, y, sample_weight=stack_fit.balanced_weights(y, w))
     np.testing.assert_allclose(fusion.coef, ref.coef_[0], atol=1e-5)
     assert fusion.intercept == pytest.approx(ref.intercept_[0], abs=1e-5)
 
@@ -135,31 +135,31 @@ def test_fit_with_a_heavier_penalty_shrinks_the_coefficients():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
     x = ((2 * y - 1) + rng.normal(0, 1, 200))[:, None]
-    loose = stacking.fit(("a",), x, y, np.ones(200), l2=0.01)
-    tight = stacking.fit(("a",), x, y, np.ones(200), l2=100.0)
+    loose = stack_fit.fit(("a",), x, y, np.ones(200), l2=0.01)
+    tight = stack_fit.fit(("a",), x, y, np.ones(200), l2=100.0)
     assert 0 < tight.coef[0] < loose.coef[0] / 2
 
 
 def test_fit_refuses_bad_input():
     x, y, w = np.zeros((4, 1)), np.array([0, 1, 0, 1]), np.ones(4)
     with pytest.raises(ValueError, match="both classes"):
-        stacking.fit(("a",), x, np.ones(4, int), w)
+        stack_fit.fit(("a",), x, np.ones(4, int), w)
     with pytest.raises(ValueError, match="non-finite"):
-        stacking.fit(("a",), np.full((4, 1), np.inf), y, w)
+        stack_fit.fit(("a",), np.full((4, 1), np.inf), y, w)
     with pytest.raises(ValueError, match=r"features \(4, 1\) for 4 targets and features"):
-        stacking.fit(("a", "b"), x, y, w)
+        stack_fit.fit(("a", "b"), x, y, w)
     with pytest.raises(ValueError, match="l2 must be > 0"):
-        stacking.fit(("a",), x, y, w, l2=0.0)
+        stack_fit.fit(("a",), x, y, w, l2=0.0)
 
 
 def test_saved_fusion_reads_back(tmp_path):
-    fusion = stacking.StackedFusion(("keypoints", "labeler"), np.array([0.5, 2.0]), -0.25)
-    stacking.save(str(tmp_path / "stack.json"), fusion, {"folds": 2})
+    fusion = stack_fit.StackedFusion(("keypoints", "labeler"), np.array([0.5, 2.0]), -0.25)
+    stack_fit.save(str(tmp_path / "stack.json"), fusion, {"folds": 2})
     saved = json.loads((tmp_path / "stack.json").read_text())
     assert saved["folds"] == 2
-    back = stacking.StackedFusion.from_json(saved)
+    back = stack_fit.StackedFusion.from_json(saved)
     assert back.names == fusion.names
     x = np.array([[1.0, -1.0], [0.0, 1.0]])
     np.testing.assert_allclose(back.probability(x), fusion.probability(x))
     with pytest.raises(ValueError, match="1 coefficients for features"):
-        stacking.StackedFusion.from_json({**saved, "coef": [1.0]})
+        stack_fit.StackedFusion.from_json({**saved, "coef": [1.0]})

@@ -47,3 +47,17 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.pseudo.threshold must be in [0, 1], got {config.pseudo.threshold}"
         )
+
+
+def stage1_workdirs(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Stage 2: ``{branch: stage-1 workdir}`` from ``config.init_from`` for every branch
+    ("" where unset: needed only if the run does not resume); stage 1: empty."""
+    if config.stage != 2:
+        return {}
+    stray = [k for k, v in config.init_from.items() if v and k not in config.branches]
+    if stray:
+        raise ValueError(
+            f"config.init_from names {stray}, which are not in config.branches "
+            f"{tuple(config.branches)}"
+        )
+    return {name: config.init_from[name] for name in config.branches}

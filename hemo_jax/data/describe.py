@@ -1,4 +1,4 @@
-"""Prints what a shard set holds: ``python -m hemo_jax.data.inspect PATH [--json] [--verify]``.
+"""Prints what a shard set holds: ``python -m hemo_jax.data.describe PATH [--json] [--verify]``.
 
 Counts per split, label and pseudo label, sequence lengths, which optional
 fields are present, schema version and shard count. The numbers come from the
@@ -118,7 +118,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hemo_jax.data.inspect", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hemo_jax.data.describe", description=__doc__)
     parser.add_argument("path", help="shard set directory, its manifest.json, or one shard file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--verify", action="store_true", help="check checksums and records")

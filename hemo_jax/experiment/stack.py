@@ -2,7 +2,7 @@
 
 ``stack`` fits and reports (the ``hemo_jax.stack`` command); ``predict`` applies a
 fitted ``stack.json`` to any shard set (``hemo_jax.predict`` on a stacked workdir).
-The fit itself, and why it is honest: ``hemo_jax.training.stacking``.
+The fit itself, and why it is honest: ``hemo_jax.training.stack_fit``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from hemo_jax.contract import atomic
 from hemo_jax.contract.shards import ShardSet, open_shards
 from hemo_jax.data import splits as splits_lib
-from hemo_jax.models import factory
-from hemo_jax.training import evaluation, metrics, report, stacking
+from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.training import metrics, report, stack_fit
 
 STACK_FILE = "stack.json"
 
@@ -30,9 +30,8 @@ class Stage1Run:
 
     def __init__(self, workdir: str, checkpoint_step: str):
         self.workdir = workdir
-        self.config, self.state, self.mesh, self.step = evaluation.load_trained(
-            workdir, checkpoint_step=checkpoint_step
-        )
+        self.trained = load_trained(workdir, checkpoint_step=checkpoint_step)
+        self.config = self.trained.config
         c = self.config
         if c.stage != 1 or len(c.branches) != 1:
             raise ValueError(
@@ -49,10 +48,8 @@ class Stage1Run:
 
     def predict(self, shards: ShardSet, split: str) -> dict[int, float]:
         """P(win) per record index of ``split``."""
-        evaluator = evaluation.Evaluator(
-            self.config, shards, self.mesh, text_fn=factory.make_text_fn(self.config), split=split
-        )
-        pred = evaluator.predict(self.state)
+        trained = self.trained
+        pred = trained.experiment.evaluator(shards, trained.mesh, split).predict(trained.model)
         return {int(i): float(p) for i, p in zip(pred.record_index, pred.probability, strict=True)}
 
 
@@ -116,17 +113,17 @@ def _feature_rows(
     infos = shards.infos
     cols = []
     for name in names:
-        if name == stacking.LABELER:
+        if name == stack_fit.LABELER:
             pl = np.array([infos[i].pseudo_label for i in indices])
             conf = np.array([infos[i].pseudo_confidence for i in indices])
-            ev = stacking.labeler_evidence(pl, conf)
+            ev = stack_fit.labeler_evidence(pl, conf)
             cols.append(np.zeros_like(ev) if labeler_hidden else ev)
         else:
             probs = branch_probs[name]
             absent = [infos[i].video_id for i in indices if i not in probs]
             if absent:
                 raise ValueError(f"branch {name} has no prediction for videos {absent[:5]}")
-            cols.append(stacking.log_odds(np.array([probs[i] for i in indices])))
+            cols.append(stack_fit.log_odds(np.array([probs[i] for i in indices])))
     return np.stack(cols, axis=1)
 
 
@@ -205,9 +202,9 @@ def stack(
     full, fold_runs, k_folds = group_runs(runs)
     config = runs[0].config
     shards = open_shards(config.data.shards)
-    names = (*sorted(full), *((stacking.LABELER,) if use_labeler else ()))
+    names = (*sorted(full), *((stack_fit.LABELER,) if use_labeler else ()))
     fit_rows = _fit_rows(shards, full, fold_runs, k_folds, names, pool)
-    fusion = stacking.fit(names, fit_rows.x, fit_rows.y, fit_rows.w, l2=l2)
+    fusion = stack_fit.fit(names, fit_rows.x, fit_rows.y, fit_rows.w, l2=l2)
 
     split = config.data.eval_split
     rows = [r for r in _apply(fusion, full, shards, split) if r.label >= 0]
@@ -216,7 +213,7 @@ def stack(
 
     os.makedirs(workdir, exist_ok=True)
     counts = {src: fit_rows.source.count(src) for src in ("out_of_fold", "pool")}
-    stacking.save(
+    stack_fit.save(
         os.path.join(workdir, STACK_FILE),
         fusion,
         {
@@ -256,7 +253,7 @@ def stack(
 
 
 def _apply(
-    fusion: stacking.StackedFusion, runs: dict[str, Stage1Run], shards: ShardSet, split: str
+    fusion: stack_fit.StackedFusion, runs: dict[str, Stage1Run], shards: ShardSet, split: str
 ) -> list[report.VideoPrediction]:
     """The fusion on every video of ``split``, from the full runs' predictions."""
     probs = {b: r.predict(shards, split) for b, r in runs.items()}
@@ -281,9 +278,9 @@ def predict(
     """The fitted stacked fusion of ``workdir`` on every video of ``splits`` in ``shards``:
     the full stage-1 runs named in its ``stack.json`` predict, the coefficients combine."""
     saved = load(workdir)
-    fusion = stacking.StackedFusion.from_json(saved)
+    fusion = stack_fit.StackedFusion.from_json(saved)
     runs = {b: Stage1Run(w, checkpoint_step) for b, w in saved["full_runs"].items()}
-    branches = sorted(n for n in fusion.names if n != stacking.LABELER)
+    branches = sorted(n for n in fusion.names if n != stack_fit.LABELER)
     if sorted(runs) != branches:
         raise ValueError(f"{workdir}: features {list(fusion.names)} but full runs {sorted(runs)}")
     held = {info.split for info in shards.infos}
