@@ -296,17 +296,19 @@ def memory_bytes(s: Shapes) -> dict[str, Any]:
     }
 
 
-def longest_frames(config: ml_collections.ConfigDict, memory: float, *, remat: bool) -> int:
-    """The most keypoint frames (a multiple of 1024) whose estimated total fits in
+def longest_frames(
+    config: ml_collections.ConfigDict, memory: float, *, remat: bool, quantum: int = 1024
+) -> int:
+    """The most keypoint frames (a multiple of ``quantum``) whose estimated total fits in
     ``memory`` bytes, the other settings as in ``config``; 0 if none does."""
     key = "total_remat" if remat else "total"
-    best, frames = 0, 1024
+    best, frames = 0, quantum
     while frames <= 2**24:
         c = ml_collections.ConfigDict(config.to_dict())
         c.data.max_frames = frames
         if memory_bytes(Shapes.of(c))[key] > memory:
             break
-        best, frames = frames, frames + 1024
+        best, frames = frames, frames + quantum
     return best
 
 

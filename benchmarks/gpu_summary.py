@@ -82,30 +82,49 @@ def checks(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
 def train_steps(result: dict[str, Any] | None) -> list[str]:
     if result is None:
-        return ["no train_step_gpu.json"]
+        return ["no train-step results"]
+    rate = (result.get("measured_bf16_matmul") or {}).get("flops_per_s")
     lines = [
-        f"{result.get('device_kind')}; MFU against {(result.get('peak_flops') or 0) / 1e12:.1f} "
-        f"TFLOP/s ({result.get('peak_flops_source')})",
+        f"{result.get('device_kind')}; remat {result.get('remat')}; MFU against "
+        f"{(result.get('peak_flops') or 0) / 1e12:.1f} TFLOP/s ({result.get('peak_flops_source')})"
+        f" and against the measured bf16 matmul rate, {_fmt(rate, '.1f', 1e-12)} TFLOP/s",
         "",
-        "| frames | batch | warm-up s | step ms | steps/s | TFLOP/step | TFLOP/s | MFU | mem GB "
-        "| cuDNN attention calls |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| frames | batch | warm-up s | step ms | steps/s | model TFLOP | MFU sheet / measured "
+        "| mem GB | attention share (alone / profile) | step / floor | cuDNN calls |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.get("rows", []):
-        mem = r.get("device_peak_bytes_so_far")
-        mem = "-" if mem is None else f"{mem / 1e9:.1f}"
-        if "error" in r:
-            lines.append(f"| {r['frames']} | {r['batch']} | {r['error'][:80]} ||||||{mem} | |")
+        mem = _fmt(r.get("device_peak_bytes_so_far"), ".1f", 1e-9)
+        if "median_step_s" not in r:
+            lines.append(f"| {r['frames']} | {r['batch']} | {r.get('error', '')[:90]} "
+                         f"||||| {mem} ||||")  # fmt: skip
             continue
-        mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        bound = r.get("bound") or {}
+        ok = "" if not bound else (" ok" if bound["within_1_25"] else " OVER")
         lines.append(
             f"| {r['frames']} | {r['batch']} | {r['warmup_s']:.1f} | "
             f"{1e3 * r['median_step_s']:.1f} | {r['steps_per_s']:.2f} | "
-            f"{r['model_flops_per_step'] / 1e12:.2f} | {r['achieved_tflops']:.1f} | {mfu} | "
-            f"{mem} | {r.get('cudnn_attention_calls', '-')} |"
+            f"{r['model_flops_per_step'] / 1e12:.2f} | {_fmt(r.get('mfu'), '.1%')} / "
+            f"{_fmt(r.get('mfu_vs_measured_matmul'), '.1%')} | {mem} | "
+            f"{_fmt(r.get('attention_share'), '.0%')} / "
+            f"{_fmt(r.get('profiled_attention_share'), '.0%')} | "
+            f"{_fmt(bound.get('step_over_floor'), '.2f')}{ok} | "
+            f"{r.get('cudnn_attention_calls', '-')} |"
+            + (f" {r['error'][:80]}" if "error" in r else "")
         )
+    for r in result.get("rows", []):
+        profile = r.get("profile")
+        if profile:
+            kinds = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in profile["per_step_s"].items())
+            lines.append(f"- {r['frames']} frames, kernels per step ({profile['source']}): {kinds}")
+            for k in profile["slowest"][:5]:
+                lines.append(f"  - {1e3 * k['s_per_step']:.2f} ms {k['name'][:110]}")
     return lines
 
 
