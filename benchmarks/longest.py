@@ -171,7 +171,7 @@ def main() -> None:
         result["error"] = f"no device memory limit known: {device}"
     else:
         for i, remat in enumerate((False, True)):
-            share = deadline - (deadline - time.monotonic()) / (2 - i)  # half of what is left
+            share = time.monotonic() + (deadline - time.monotonic()) / (2 - i)  # half, then all
             lo, hi, predicted = search(args, remat, memory, share, result["probes"])
             result["longest"]["remat" if remat else "no_remat"] = {
                 "largest_fitting": lo,
