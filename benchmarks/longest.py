@@ -156,7 +156,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.batch, args.width, args.heads, args.depth = 1, 16, 2, 1
-        args.limit_bytes = args.limit_bytes or 48 * 2**20
+        args.limit_bytes = args.limit_bytes or 16 * 2**20
     if args.one is not None:
         print(json.dumps(probe(args)), flush=True)
         return
