@@ -89,3 +89,17 @@ def test_suite_smoke_runs_on_the_cpu(tmp_path):
     probes = results["longest"]["probes"]
     assert probes and all("compiled_bytes" in p for p in probes), probes
     assert "### Train step" in (tmp_path / "out/summary.md").read_text()
+
+
+def test_projection_per_video_hour():
+    crops = {"rows": [
+        {"video": "carphone 1280x720", "detector": "decode only", "frames_per_s": 250.0},
+        {"video": "carphone 1280x720", "detector": "yolo yolo11n-seg @640", "frames_per_s": 100.0},
+        {"video": "carphone 176x144", "detector": "decode only", "frames_per_s": 5000.0},
+    ]}  # fmt: skip
+    encode = {"rows": [{"what": "pipeline (JPEG decode + preprocess + forward)",
+                        "jax_images_per_s": 200.0}]}  # fmt: skip
+    (line,) = gpu_summary.projection(encode, crops)
+    # 25 fps x 3600 s decoded at 250/s, 2 fps x 3600 s detected at 100/s, encoded at 200/s.
+    assert "decode every frame 360 s" in line and "total 468 s" in line, line
+    assert gpu_summary.projection(encode, None)[0].startswith("not enough")
