@@ -79,7 +79,7 @@ if [ "$SMOKE" = 1 ]; then
   ENCODE=(--quick)
   CROPS=(--quick)
   ATTENTION=(--quick --lengths 256 --impls cudnn blockwise --repeats 1)
-  declare -A LIMIT=([env]=60 [train_step]=240 [checks]=300 [longest]=240 [encoders]=120
+  declare -A LIMIT=([env]=60 [train_step]=240 [checks]=300 [longest]=420 [encoders]=120
     [encode]=240 [crops]=240 [attention]=120)
 else
   unset JAX_PLATFORMS # the GPU plugin is the default backend

@@ -54,7 +54,7 @@ def environment(env: dict[str, Any] | None) -> list[str]:
 
 def checks(result: dict[str, Any] | None) -> list[str]:
     if result is None:
-        return ["no gpu_checks.json"]
+        return ["no correctness-check results"]
     items = result.get("checks", [])
     passed = sum(c["ok"] for c in items)
     lines = [f"{passed} passed, {len(items) - passed} failed (on {result.get('device')})", ""]

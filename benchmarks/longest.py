@@ -163,7 +163,10 @@ def main() -> None:
     if args.out is None:
         p.error("--out is required")
     deadline = time.monotonic() + args.budget_s
-    device = _child(args, 0, False, 120)  # the child sees the device; this process does not
+    if args.limit_bytes:
+        device: dict[str, Any] = {"bytes_limit": args.limit_bytes, "from": "--limit-bytes"}
+    else:  # a child sees the device; this process does not, so as to take none of it
+        device = _child(args, 0, False, 120)
     memory = device.get("bytes_limit")
     result: dict[str, Any] = {"device": device, "settings": vars(args) | {"out": str(args.out)}}
     result["probes"], result["longest"] = [], {}
