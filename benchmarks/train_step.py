@@ -23,24 +23,27 @@ unless glibc's malloc is told to back it with huge pages
 runs with the trainer's XLA:CPU setting (``hemo_jax.training.xla_cpu``, which
 ``hemo_jax.train`` applies too; the resulting XLA_FLAGS are recorded).
 
-``--gpu``: steps/s and model FLOPs utilisation (MFU) of the JAX step at keypoint
-sequence lengths 4k..32k frames, bf16 compute, on the GPU. Model FLOPs are counted
-analytically (``analytic_train_flops``: 2 x multiply-adds of every matmul and of
-attention's QK^T and PV, forward x 3 for forward + backward); XLA's
-``cost_analysis()`` of the lowered step is recorded beside it (of the lowered, not the
-compiled step: asking the compiled one would compile it a second time), but it omits
-fused attention kernels (cuDNN custom calls), so it is not the MFU basis; the number of
-those calls in the lowered step is recorded too (0 means attention did not take
-cuDNN). The peak is the card's dense bf16 figure from its data sheet, chosen by jax's
-``device_kind`` (``--peak-tflops`` overrides it); the device's peak memory in use
-after each length is recorded too (cumulative over the lengths run so far in this
-process). The results file is rewritten after every length, so a run cut short keeps
-what it measured.
+``--gpu``: the JAX step alone at keypoint sequence lengths 4k..64k frames, bf16
+compute, on the GPU (``--quick``: the same path at tiny sizes on the CPU). Per length:
+steps/s, samples/s, the device's peak memory in use (cumulative over the lengths run so
+far in this process), and MFU: the analytic model FLOPs of ``flops.py`` (matrix
+products, forward x 3) over the step time, against the card's data-sheet dense bf16
+peak (chosen by jax's ``device_kind``; ``--peak-tflops`` overrides it) and against the
+bf16 matmul rate measured at the start of the run. Then attention alone at the step's
+shapes (``step_profile.attention_seconds``: its share of the step, and the issue's
+floor, attention time + dense FLOPs at the measured rate, with the step over it), a
+``jax.profiler`` trace of ``--profile-steps`` steps parsed into device time by kind of
+kernel, and from the lowered step XLA's own FLOP count (it omits custom calls such as
+cuDNN attention) and the number of cuDNN attention calls (0: attention did not take
+cuDNN). ``--gpu-remat`` rematerialises the Transformer blocks and keypoint streams.
+The results file is rewritten as each part of each length finishes, and no new length
+starts after ``--budget-s``, so a run cut short keeps what it measured.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python benchmarks/train_step.py
                                                          # CPU: demo + long settings
     .venv/bin/python benchmarks/train_step.py --quick    # smoke sizes
-    .venv/bin/python benchmarks/train_step.py --gpu      # GPU: 4k..32k frames
+    .venv/bin/python benchmarks/train_step.py --gpu      # GPU: 4k..64k frames
+    .venv/bin/python benchmarks/train_step.py --gpu --quick   # the GPU path on CPU
     .venv/bin/python benchmarks/train_step.py --gpu --gpu-lengths 4096 32768
 """
 
@@ -54,6 +57,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,10 +65,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+import flops  # noqa: E402
 import jax  # noqa: E402
 import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import step_profile  # noqa: E402
 from flax import nnx  # noqa: E402
 from run_info import interpreter  # noqa: E402
 
@@ -79,7 +85,7 @@ NUM_KEYPOINTS = 137
 # (name, batch, max_frames, max_images, max_text_tokens)
 CPU_SETTINGS = (("demo", 16, 64, 24, 192), ("long", 16, 512, 128, 192))
 QUICK_SETTINGS = (("quick", 4, 32, 8, 32),)
-GPU_LENGTHS = (4096, 8192, 16384, 32768)
+GPU_LENGTHS = (4096, 16384, 32768, 65536)
 # Dense bf16 peak of a card (data sheet, without sparsity), FLOP/s, by a substring of
 # jax's device_kind; the first match wins, so the specific names come first.
 PEAK_BF16 = {
@@ -286,35 +292,9 @@ def run_cpu(args) -> list[dict[str, Any]]:
     return rows
 
 
-def analytic_train_flops(config: ml_collections.ConfigDict) -> float:
-    """Model FLOPs of one train step: 3 x forward, forward = 2 x multiply-adds of every
-    matmul (attention's QK^T and PV included, over the full padded length)."""
-    m, d = config.model, config.data
-    w, mlp = m.width, int(m.width * m.mlp_ratio)
-    c, sw = m.keypoint_channels, m.keypoint_stream_width
-
-    def encoder(tokens: int) -> float:  # per sequence
-        per_layer = tokens * (8 * w * w + 4 * w * mlp) + 4 * tokens * tokens * w
-        return m.depth * per_layer
-
-    def head() -> float:
-        return 2 * w * 2
-
-    fwd = 0.0
-    per_frame = 0.0
-    for joints in (25, 70, 42):
-        per_frame += 2 * joints * 5 * c  # embedding
-        per_frame += m.keypoint_depth * (8 * c * joints * joints + 8 * joints * c * c)
-        per_frame += 2 * joints * c * sw  # readout
-    per_frame += 2 * 3 * sw * w  # stream fusion
-    fwd += d.max_frames * per_frame + encoder(d.max_frames) + head()
-    fwd += 2 * d.max_images * m.image_feature_dim * w + encoder(d.max_images) + head()
-    fwd += encoder(d.max_text_tokens) + 2 * d.max_text_tokens * w * w + head()
-    fwd += 2 * 3 * w * w + 4 * w * 4 * w + head()  # concat fusion (mlp_ratio 4)
-    return 3 * fwd * d.batch_size
-
-
 def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
+    """Per length: warm-up, timed steps, attention alone at the step's shapes, a kernel
+    profile, and the step against the floor of its kernels (``step_profile``)."""
     gpu = [dv for dv in jax.devices() if dv.platform == "gpu"]
     if not gpu and not args.quick:
         raise SystemExit("--gpu needs a GPU (jax.devices() has none); --quick runs the path on CPU")
@@ -326,18 +306,52 @@ def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
         match = next((k for k in PEAK_BF16 if k in kind), None)
         peak = PEAK_BF16.get(match) if match else None
         source = f"data sheet dense bf16, device_kind matched {match!r}" if match else None
+    rate = step_profile.matmul_rate(args.matmul_size)
     lengths = args.gpu_lengths or ((64, 128) if args.quick else GPU_LENGTHS)
-    result = {"device_kind": kind, "peak_flops": peak, "peak_flops_source": source, "rows": []}
+    deadline = time.monotonic() + args.budget_s
+    result = {
+        "device_kind": kind,
+        "peak_flops": peak,
+        "peak_flops_source": source,
+        "measured_bf16_matmul": rate,
+        "remat": args.gpu_remat,
+        "rows": [],
+    }
     rows = result["rows"]
+
+    def publish(row: dict[str, Any]) -> None:
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        if on_row is not None:
+            on_row(result)
+
     for length in lengths:
-        config = make_config(args.gpu_batch, length, 128 if not args.quick else 8, 192)
-        config.train.compute_dtype = "bfloat16"
-        config.model.width, config.model.heads = args.gpu_width, args.gpu_heads
-        config.model.depth = args.gpu_depth
         row: dict[str, Any] = {"frames": length, "batch": args.gpu_batch}
+        rows.append(row)
+        if time.monotonic() > deadline:
+            row["error"] = f"skipped: the --budget-s of {args.budget_s} s is spent"
+            publish(row)
+            continue
+        config = flops.gpu_config(
+            length,
+            batch=args.gpu_batch,
+            width=args.gpu_width,
+            heads=args.gpu_heads,
+            depth=args.gpu_depth,
+        )
+        if args.quick:
+            config.data.max_images, config.data.max_text_tokens = 8, 16
+        config.model.remat = args.gpu_remat
+        shapes = flops.Shapes.of(config)
+        cost = flops.train_flops(
+            shapes, attention_backward=args.attention_backward, remat=args.gpu_remat
+        )
+        row["analytic"] = {
+            "flops": cost,
+            "memory": flops.memory_bytes(shapes),
+            "params": flops.param_count(shapes)["total"],
+        }
         try:
-            batch = synthetic_batch(config)
-            step = JaxStep(config, batch)
+            step = JaxStep(config, synthetic_batch(config))
             t0 = time.perf_counter()
             for _ in range(args.warmup):
                 step()
@@ -348,26 +362,40 @@ def run_gpu(args, on_row: Any = None) -> list[dict[str, Any]]:
                 step()
                 times.append(time.perf_counter() - t0)
             med = statistics.median(times)
-            flops = analytic_train_flops(config)
+            model = cost["model"]["total"]
             row.update(
                 params=step.params,
+                step_s=times,
                 median_step_s=med,
                 steps_per_s=1 / med,
                 samples_per_s=args.gpu_batch / med,
-                model_flops_per_step=flops,
+                model_flops_per_step=model,
+                achieved_tflops=model / med / 1e12,
+                mfu=(model / med / peak) if peak else None,
+                mfu_vs_measured_matmul=model / med / rate["flops_per_s"],
                 **lowered_facts(step),
-                achieved_tflops=flops / med / 1e12,
-                mfu=(flops / med / peak) if peak else None,
             )
+            publish(row)
+            attn = step_profile.attention_seconds(config, repeats=args.attention_repeats)
+            row["attention_alone"] = attn
+            row["attention_share"] = attn["per_step_s"] / med
+            row["bound"] = step_profile.bound(
+                med, attn["per_step_s"], cost["executed"]["dense"], rate["flops_per_s"]
+            )
+            publish(row)
+            if args.profile_steps:
+                with tempfile.TemporaryDirectory() as trace_dir:
+                    profile = step_profile.kernel_profile(step, args.profile_steps, Path(trace_dir))
+                profile.pop("trace")
+                row["profile"] = profile
+                kernels = profile["per_step_s"]
+                row["profiled_attention_share"] = kernels["attention"] / med
         except Exception as err:  # an out-of-memory length is a result, not a crash
             row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
         stats = device.memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             row["device_peak_bytes_so_far"] = stats["peak_bytes_in_use"]
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "step_s"}), flush=True)
-        if on_row is not None:
-            on_row(result)
+        publish(row)
     return [result]
 
 
@@ -502,30 +530,15 @@ def print_cpu_table(rows: list[dict[str, Any]]) -> None:
 
 
 def print_gpu_table(result: dict[str, Any]) -> None:
-    peak, source = result["peak_flops"], result["peak_flops_source"]
-    print(f"\n{result['device_kind']}, bf16 peak {peak} FLOP/s ({source})")
-    print(
-        "| frames | batch | steps/s | samples/s | model TFLOP/step | TFLOP/s | MFU | peak mem GB |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in result["rows"]:
-        mem = r.get("device_peak_bytes_so_far")
-        mem = "-" if mem is None else f"{mem / 1e9:.1f}"
-        if "error" in r:
-            print(f"| {r['frames']} | {r['batch']} | {r['error'][:60]} | | | | | {mem} |")
-            continue
-        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(
-            f"| {r['frames']} | {r['batch']} | {r['steps_per_s']:.2f} | {r['samples_per_s']:.2f} | "
-            f"{r['model_flops_per_step'] / 1e12:.3f} | {r['achieved_tflops']:.2f} | {mfu} | "
-            f"{mem} |"
-        )
+    import gpu_summary
+
+    print("\n" + "\n".join(gpu_summary.train_steps(result)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke sizes")
-    p.add_argument("--gpu", action="store_true", help="JAX on the GPU: steps/s and MFU, 4k..32k")
+    p.add_argument("--gpu", action="store_true", help="JAX on the GPU: steps/s and MFU, 4k..64k")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation) each")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -533,11 +546,22 @@ def main() -> None:
         "--settings", nargs="+", default=[s[0] for s in CPU_SETTINGS], help="CPU settings to run"
     )
     p.add_argument("--gpu-batch", type=int, default=4)
-    p.add_argument("--gpu-lengths", type=int, nargs="+", help="keypoint frames (default 4k..32k)")
+    p.add_argument("--gpu-lengths", type=int, nargs="+", help="keypoint frames (default 4k..64k)")
     p.add_argument("--gpu-width", type=int, default=256)
     p.add_argument("--gpu-heads", type=int, default=4)
     p.add_argument("--gpu-depth", type=int, default=4)
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 peak")
+    p.add_argument("--gpu-remat", action="store_true", help="rematerialise blocks and streams")
+    p.add_argument("--matmul-size", type=int, default=8192, help="n of the n^3 rate check")
+    p.add_argument("--attention-repeats", type=int, default=5)
+    p.add_argument("--profile-steps", type=int, default=3, help="traced steps; 0: no trace")
+    p.add_argument(
+        "--attention-backward",
+        choices=("recompute", "autodiff"),
+        default="recompute",
+        help="how the executed FLOPs count attention's backward (cuDNN: recompute)",
+    )
+    p.add_argument("--budget-s", type=float, default=1e9, help="no new length after this")
     p.add_argument(
         "--check", action="store_true", help="same weights in both models: compare outputs"
     )

@@ -1,10 +1,11 @@
 """A few steps of the demo's smoke runs give the losses they gave before the experiment
 layer was introduced: stage 1 (keypoints, image, text) and stage 2 fused from them.
 
-The numbers below were recorded from the code before that refactor (commit 032eb4e, then
-again at cd13ff7 for keypoints and fused, whose inputs moved when records began to store
-keypoints as float32: the refactored code gives the same digits), on CPU with 8 host devices; a change of the model, the optimizer, the data order or the
-initialisation moves them far past the tolerance.
+The numbers below were recorded from the code before that refactor (commit 032eb4e; the
+keypoint and fused rows again at cd13ff7, whose inputs moved when records began to store
+keypoints as float32: the refactored code gives the same digits), on CPU with 8 host
+devices; a change of the model, the optimizer, the data order or the initialisation moves
+them far past the tolerance.
 """
 
 from __future__ import annotations
