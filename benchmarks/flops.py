@@ -44,7 +44,7 @@ JOINT_FEATURES = 5
 NUM_CLASSES = 2
 RECOMPUTING_BACKWARD = ("blockwise", "ring", "cudnn")
 F32 = 4
-# The concat fusion's MLP: FusionConfig's own ratio (the factory does not pass the
+# The concat fusion's MLP: FusionConfig's own width (the experiment layer does not pass the
 # model's mlp_ratio to it).
 FUSION_MLP_RATIO = 4
 # Saved tensors of one pre-norm Transformer block per token, in units of width x

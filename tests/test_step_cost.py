@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import flops  # noqa: E402
 
 from configs import demo  # noqa: E402
-from hemo_jax.models import factory  # noqa: E402
+from hemo_jax.experiment import model as experiment_model  # noqa: E402
 from hemo_jax.models.keypoints import STREAMS, KeypointConfig, StreamBackbone  # noqa: E402
 from hemo_jax.models.transformer import TransformerConfig, TransformerEncoder  # noqa: E402
 
@@ -45,7 +45,7 @@ def shapes(**kw) -> flops.Shapes:
 def test_parameter_count_is_the_models():
     config = demo.get_config("fused")
     config.model.width, config.model.heads, config.model.mlp_ratio = 96, 3, 2
-    model = factory.build_model(config)
+    model = experiment_model.model_fn(config, text_encoder=None)(jax.random.key(0))
     real = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert flops.param_count(flops.Shapes.of(config))["total"] == real
 
