@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import ml_collections
 from absl import app, flags
 
 from hemo_jax.contract.shards import open_shards
@@ -16,7 +17,7 @@ from hemo_jax.models import factory
 from hemo_jax.training import evaluation, metrics, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: WORKDIR/report).")
 _BOOTSTRAP = flags.DEFINE_integer(
@@ -33,7 +34,7 @@ def evaluate_workdir(
     num_bootstrap: int = 1000,
 ) -> dict[str, metrics.Interval]:
     config, state, mesh, step = evaluation.load_trained(workdir, checkpoint_step=checkpoint_step)
-    split = split or config.data.eval_split
+    split = split or config.data.get("test_split", "test")
     shards = open_shards(config.data.shards)
     evaluator = evaluation.Evaluator(
         config, shards, mesh, text_fn=factory.make_text_fn(config), split=split
@@ -46,6 +47,7 @@ def evaluate_workdir(
     notes = [
         f"Workdir {workdir}, checkpoint step {step} ({checkpoint_step}); split {split!r}; "
         f"branches {', '.join(config.branches)}; stage {config.stage}.",
+        selection_note(config, split),
     ]
     if config.stage == 2 and config.pseudo.pool == "test":
         notes.append(
@@ -64,6 +66,21 @@ def evaluate_workdir(
         log=report.read_metrics_log(os.path.join(workdir, "metrics.jsonl")),
         num_bootstrap=num_bootstrap,
     )
+
+
+def selection_note(config: ml_collections.ConfigDict, split: str) -> str:
+    """Which split chose the best checkpoint and stopped training; a warning when it is
+    the split reported on (its numbers are then not held out)."""
+    chosen = config.data.eval_split
+    note = f"Evaluations during training (the best checkpoint, early stopping) on split {chosen!r}"
+    if chosen == "val" and config.data.get("val_fraction", 0.0):
+        note += (
+            f" (a subject-disjoint {config.data.val_fraction:g} of the subjects of "
+            f"{', '.join(config.data.train_splits)}, carved out of training)"
+        )
+    if chosen == split:
+        note += "; the same split as reported here, so these numbers are not held out"
+    return note + "."
 
 
 def main(argv: list[str]) -> None:

@@ -26,6 +26,7 @@ from hemo_jax.data import pipeline
 from hemo_jax.models import convert, factory
 from hemo_jax.training import (
     checkpoint,
+    early_stopping,
     evaluation,
     inputs,
     metrics,
@@ -190,6 +191,12 @@ def run_training(
         keep_last=config.train.keep_checkpoints,
         best_metric=config.train.best_metric,
     )
+    stopper = early_stopping.EarlyStopping(
+        workdir,
+        config.train.best_metric,
+        config.train.get("patience", 0),
+        writer=jax.process_index() == 0,
+    )
     resume = checkpoint.resume_point(store, workdir, config.resume)
     stage1 = {} if resume else _stage1_branches(config, state.params())
     state = trainer.initialize(state, model_fn, tx, mesh, seed=config.seed)
@@ -221,7 +228,7 @@ def run_training(
     t0 = time.time()
     progress = log.progress(start_step, config.train.steps, enabled=config.train.progress)
     step = start_step
-    while step < config.train.steps:
+    while step < config.train.steps and not stopper.stopped:
         step += 1
         state.state, out = train_step(state.state, batch, jax.random.fold_in(rng, step))
         trainer.check_finite(step, out, train_step.grad_names)
@@ -240,6 +247,9 @@ def run_training(
         if evaluated:
             last_eval = evaluator.metrics(state)
             log.write("eval", {"step": step, **last_eval})
+            if stopper.update(step, last_eval):
+                log.text(stopper.reason)
+                is_last = True
         if step % config.train.checkpoint_every == 0 or is_last or stopping:
             store.save(
                 step,

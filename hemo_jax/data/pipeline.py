@@ -53,6 +53,9 @@ class PipelineConfig:
     image_max: int = 64  # image-feature rows per window
     eval_windows: int = 3  # windows per record in evaluation; 0 = the whole sequence
     splits: tuple[str, ...] = ("train",)
+    # A validation split carved out of val_from, subject-disjoint (splits.select).
+    val_fraction: float = 0.0
+    val_from: tuple[str, ...] = ("train",)
     pseudo_pool: str = "none"  # none | unlabeled | test: pseudo-labelled pool (training)
     min_pseudo_confidence: float = 0.0
     pseudo_weight: float = 1.0
@@ -300,6 +303,8 @@ def make_dataset(
     sel: Selection = select(
         shards.infos,
         splits=config.splits,
+        val_fraction=config.val_fraction,
+        val_from=config.val_from,
         pseudo_pool=config.pseudo_pool,
         min_pseudo_confidence=config.min_pseudo_confidence,
         pseudo_weight=config.pseudo_weight,

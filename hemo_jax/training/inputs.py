@@ -25,7 +25,8 @@ def pipeline_config(
 ) -> pipeline.PipelineConfig:
     """Training reads ``data.train_splits`` (+ the pseudo pool in stage 2); evaluation
     reads ``split`` (default ``data.eval_split``) in evenly spaced windows; ``data.fold``
-    holds a fold out of training only."""
+    holds a fold out of training only; ``data.val_fraction`` carves split ``val`` out of
+    ``data.train_splits``."""
     d = config.data
     use_pool = train and config.pseudo.pool != "none"
     return pipeline.PipelineConfig(
@@ -36,6 +37,8 @@ def pipeline_config(
         image_max=d.max_images,
         eval_windows=d.eval_windows,
         splits=tuple(d.train_splits) if train else (split or d.eval_split,),
+        val_fraction=d.get("val_fraction", 0.0),
+        val_from=tuple(d.train_splits),
         pseudo_pool=config.pseudo.pool if use_pool else "none",
         min_pseudo_confidence=config.pseudo.threshold,
         confidence_weighting=config.pseudo.confidence_weighting,
