@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.keypoint_channels = 32  # per-joint width inside the backbone
     c.model.keypoint_depth = 2  # backbone blocks per stream
     c.model.keypoint_stream_width = 128  # each stream's per-frame embedding
+    c.model.keypoint_offsets = True  # inter-frame offsets as input (False: an ablation)
+    c.model.keypoint_temporal = "transformer"  # transformer | mean (per-frame pooling)
     c.model.fusion = "concat"  # concat | cross_attention
     c.model.text_encoder = ""  # a Hugging Face BERT directory; "" = small text Transformer
     c.model.freeze_text_encoder = True
@@ -82,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Stage 2: where the stage-1 branches come from, and the pseudo-labelled pool.
     c.init_from = ml_collections.ConfigDict({b: "" for b in BRANCHES})
+    # False starts stage 2's branches from scratch (an ablation of stage-1 pretraining).
+    c.from_stage1 = True
     c.init_skip = (r"/head/",)  # stage-1 heads are not loaded into the fused model
     c.resume = ""  # another workdir whose latest checkpoint to continue from
     c.pseudo = ml_collections.ConfigDict()

@@ -69,7 +69,7 @@ def _stage1_branches(
 
     Checked before anything is compiled, so a wrong or missing workdir fails at once.
     """
-    if config.stage != 2:
+    if config.stage != 2 or not config.get("from_stage1", True):
         return {}
     stray = [k for k, v in config.init_from.items() if v and k not in config.branches]
     if stray:

@@ -79,6 +79,8 @@ def build_model(
                 stream_width=m.keypoint_stream_width,
                 dropout=m.dropout,
                 remat=m.remat,
+                offsets=m.get("keypoint_offsets", True),
+                temporal=m.get("keypoint_temporal", "transformer"),
                 transformer=_transformer(m, dtype),
             )
             branches[name] = KeypointBranch(kcfg, rngs=rngs)
