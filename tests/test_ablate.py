@@ -104,3 +104,18 @@ def test_smoke_grid_end_to_end_then_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 done before" in again.stdout and "1 done before" in again.stdout
     assert time.time() - started < 60
+
+
+def test_grid_stages_are_the_paper_configs():
+    from configs import common, paper
+
+    assert grid.BRANCHES == common.BRANCHES
+    for spec in grid.RUNS:
+        c = paper.get_config(f"{spec.stage},smoke")
+        assert c.stage == (2 if spec.init or spec.stage == "fused" else 1)
+    full = paper.get_config("fused")
+    assert (full.pseudo.pool, full.data.text_source, full.data.eval_split) == (
+        "test",
+        "both",
+        "val",
+    )

@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from configs.common import BRANCHES
-
+BRANCHES = ("keypoints", "image", "text")  # configs/paper.py's stage-1 stages
 LABELER = "labeler"  # a row read from the full method's predictions: the VLM's verdicts
 
 
