@@ -79,6 +79,9 @@ def test_default_config_selects_on_validation_and_reports_on_test():
     assert c.data.val_fraction > 0
     note = selection_note(c, "test")
     assert "split 'val'" in note and "not held out" not in note
+    assert "early stopping" not in note  # patience 0: no stop
+    c.train.patience = 3
+    assert "(the best checkpoint, early stopping) on split 'val'" in selection_note(c, "test")
     c.data.eval_split = "test"
     assert "not held out" in selection_note(c, "test")
 
@@ -111,5 +114,7 @@ def test_patience_zero_never_stops_and_writes_nothing(tmp_path):
 
 
 def test_old_configs_without_the_new_fields_still_read():
-    c = ml_collections.ConfigDict({"data": {"eval_split": "test", "train_splits": ("train",)}})
+    c = ml_collections.ConfigDict(
+        {"data": {"eval_split": "test", "train_splits": ("train",)}, "train": {}}
+    )
     assert "not held out" in selection_note(c, "test")
