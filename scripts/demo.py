@@ -97,6 +97,8 @@ def main() -> None:
     # Long, sparsely sampled interviews: as many frames as short dense ones, more gestures.
     synth += ["--seed", "0", "--fps", "5", "--min-seconds", "20", "--max-seconds", "40"]
     synth += ["--width", "256", "--height", "192", "--jobs", str(args.jobs)]
+    if args.smoke:  # one video a subject: enough training subjects to carve a validation
+        synth += ["--videos-per-subject", "1"]
     run(py + synth, logs / "synth.log", env)
 
     print("2. preprocessing with the simulated VLM (a noisy oracle, not Gemini)", flush=True)

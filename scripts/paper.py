@@ -53,6 +53,8 @@ def build_corpus(seed: int, out: Path, args: argparse.Namespace, env: dict[str, 
     synth = ["preprocess", "synth", "--out", str(corpus), "--videos", str(args.videos)]
     synth += ["--seed", str(seed), "--fps", "5", "--min-seconds", "16", "--max-seconds", "32"]
     synth += ["--width", "256", "--height", "192", "--jobs", str(args.jobs)]
+    if args.smoke:  # one video a subject: enough training subjects to carve a validation
+        synth += ["--videos-per-subject", "1"]
     step(root / "synth.done", py + synth, logs / "synth.log", env)
 
     if not (root / "preprocess.done").exists():

@@ -88,7 +88,14 @@ def validation_groups(
     if not 0 < fraction < 1:
         raise ValueError(f"val_fraction {fraction} must be in [0, 1)")
     num = max(2, round(1 / fraction))
-    return {g for g, f in assign_folds(infos, carve_from, num).items() if f == 0}
+    try:
+        folds = assign_folds(infos, carve_from, num)
+    except ValueError as e:
+        raise ValueError(
+            f"val_fraction {fraction} carves one of {num} subject-disjoint folds: {e}; "
+            "raise the fraction, or set data.val_fraction=0 and name another eval_split"
+        ) from None
+    return {g for g, f in folds.items() if f == 0}
 
 
 def select(
