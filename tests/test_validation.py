@@ -118,3 +118,14 @@ def test_old_configs_without_the_new_fields_still_read():
         {"data": {"eval_split": "test", "train_splits": ("train",)}, "train": {}}
     )
     assert "not held out" in selection_note(c, "test")
+
+
+def test_only_training_and_the_val_split_see_the_carve():
+    from hemo_jax.training import inputs
+
+    c = pretrain.get_config("keypoints")
+    assert inputs.pipeline_config(c, train=True).val_fraction == 0.2
+    assert inputs.pipeline_config(c, train=False).splits == ("val",)
+    assert inputs.pipeline_config(c, train=False).val_fraction == 0.2
+    # "train" asked by name (stacking's out-of-fold rows, predict): every train video.
+    assert inputs.pipeline_config(c, train=False, split="train").val_fraction == 0.0

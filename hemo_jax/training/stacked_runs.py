@@ -144,20 +144,16 @@ class FitRows:
 def _out_of_fold(shards: ShardSet, fold_runs: dict[str, list[Stage1Run]], k_folds: int):
     """P(win) of every labelled training video from the fold run that left it out."""
     infos = shards.infos
-    data = next(iter(fold_runs.values()))[0].config.data
-    train_splits = tuple(data.train_splits)
+    train_splits = tuple(next(iter(fold_runs.values()))[0].config.data.train_splits)
     fold_of = splits_lib.assign_folds(infos, train_splits, k_folds)
-    # The validation videos carved out of training were trained on by no run: out of
-    # fold for every one, they join the fit from the run of their fold.
-    predicted = train_splits + (("val",) if data.get("val_fraction", 0.0) else ())
     oof: dict[str, dict[int, float]] = {}
     for branch, runs_k in fold_runs.items():
         oof[branch] = {}
         for k, run in enumerate(runs_k):
-            for split in predicted:
+            for split in train_splits:
                 for i, p in run.predict(shards, split).items():
                     info = infos[i]
-                    if info.label >= 0 and fold_of.get(splits_lib.group_of(info)) == k:
+                    if info.label >= 0 and fold_of[splits_lib.group_of(info)] == k:
                         oof[branch][i] = p
     return oof
 
