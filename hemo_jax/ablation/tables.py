@@ -242,8 +242,9 @@ def write_tables(
     built = [(t, build_table(t, results, num_resamples=num_resamples)) for t in tables]
     notes = [
         f"Corpora: {', '.join(corpora)}; training seeds: {', '.join(map(str, seeds))}. "
-        "Balanced accuracy on each corpus's test split; checkpoints chosen and training "
-        "stopped on the validation split carved out of the training videos.",
+        "Balanced accuracy on each corpus's test split; checkpoints chosen (and training "
+        "stopped, where train.patience is set) on the validation split carved out of the "
+        "training videos.",
         "Δ: the row minus the first row of its table, averaged over seeds and corpora, with "
         "a 95% paired bootstrap interval over test videos; resolved when it excludes 0. "
         "McNemar: exact test on each video's majority prediction over seeds.",
