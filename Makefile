@@ -14,7 +14,7 @@ NO_DEPS_PACKAGES := rtmlib==0.0.16
 export HF_HUB_OFFLINE := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo paper test lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,10 @@ test: lint
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_out
 
+# The research questions (RQ1-RQ5, fusion) on three synthetic corpora x three training
+# seeds: paper_out/paper.md and paper.html. Rerunning resumes.
+paper: $(STAMP)
+	$(PY) scripts/paper.py --out paper_out
+
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out paper_out

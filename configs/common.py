@@ -16,7 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.shards = ""  # a shard set with image_features (output of hemo_jax.encode)
     c.data.train_splits = ("train",)
-    c.data.eval_split = "test"
+    # Evaluations during training, the best checkpoint and early stopping use eval_split;
+    # "val" is carved out of train_splits (val_fraction of the subjects, subject-disjoint),
+    # so no choice sees the test split. hemo_jax.evaluate and hemo_jax.stack report on
+    # test_split.
+    c.data.eval_split = "val"
+    c.data.val_fraction = 0.2
+    c.data.test_split = "test"
     c.data.batch_size = 16
     c.data.eval_batch_size = 16
     c.data.max_frames = 512  # keypoint window length
@@ -43,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.keypoint_channels = 32  # per-joint width inside the backbone
     c.model.keypoint_depth = 2  # backbone blocks per stream
     c.model.keypoint_stream_width = 128  # each stream's per-frame embedding
+    c.model.keypoint_offsets = True  # inter-frame offsets as input (False: an ablation)
+    c.model.keypoint_temporal = "transformer"  # transformer | mean (per-frame pooling)
     c.model.fusion = "concat"  # concat | cross_attention
     c.model.text_encoder = ""  # a Hugging Face BERT directory; "" = small text Transformer
     c.model.freeze_text_encoder = True
@@ -66,7 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 100
     c.train.checkpoint_every = 100
     c.train.keep_checkpoints = 2
-    c.train.best_metric = "balanced_accuracy"
+    c.train.best_metric = "balanced_accuracy"  # on data.eval_split
+    # Stop after this many evaluations without a better best_metric; 0 trains all steps.
+    c.train.patience = 0
     c.train.compute_dtype = "float32"  # bfloat16 for mixed precision
     c.train.class_weighting = True  # class-weighted loss (off with data.balanced_sampling)
     c.train.aux_loss_weight = 0.3  # stage 2: each branch's own loss, beside the fused one
@@ -74,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Stage 2: where the stage-1 branches come from, and the pseudo-labelled pool.
     c.init_from = ml_collections.ConfigDict({b: "" for b in BRANCHES})
+    # False starts stage 2's branches from scratch (an ablation of stage-1 pretraining).
+    c.from_stage1 = True
     c.init_skip = (r"/head/",)  # stage-1 heads are not loaded into the fused model
     c.resume = ""  # another workdir whose latest checkpoint to continue from
     c.pseudo = ml_collections.ConfigDict()

@@ -13,10 +13,11 @@ from absl import app, flags
 
 from hemo_jax.contract.shards import open_shards
 from hemo_jax.experiment.experiment import load_trained
+from hemo_jax.experiment.selection import selection_note
 from hemo_jax.training import metrics, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's test split).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.")
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: WORKDIR/report).")
 _BOOTSTRAP = flags.DEFINE_integer(
@@ -34,7 +35,7 @@ def evaluate_workdir(
 ) -> dict[str, metrics.Interval]:
     trained = load_trained(workdir, checkpoint_step=checkpoint_step)
     config, step = trained.config, trained.step
-    split = split or config.data.eval_split
+    split = split or config.data.get("test_split", "test")
     shards = open_shards(config.data.shards)
     pred = trained.experiment.evaluator(shards, trained.mesh, split).predict(trained.model)
     rows = report.video_predictions(shards, pred.record_index, pred.probability)
@@ -44,6 +45,7 @@ def evaluate_workdir(
     notes = [
         f"Workdir {workdir}, checkpoint step {step} ({checkpoint_step}); split {split!r}; "
         f"branches {', '.join(config.branches)}; stage {config.stage}.",
+        selection_note(config, split),
     ]
     if config.stage == 2 and config.pseudo.pool == "test":
         notes.append(

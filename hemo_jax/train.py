@@ -31,6 +31,7 @@ from hemo_jax.experiment.experiment import Experiment
 from hemo_jax.models import convert
 from hemo_jax.training import (
     checkpoint,
+    early_stopping,
     initialization,
     metrics,
     preflight,
@@ -108,6 +109,9 @@ def run_training(
     store = checkpoint.CheckpointStore(
         workdir, keep_last=loop.keep_checkpoints, best_metric=loop.best_metric
     )
+    stopper = early_stopping.EarlyStopping(
+        workdir, loop.best_metric, loop.patience, writer=jax.process_index() == 0
+    )
     start = initialization.initial_state(
         exp.init,
         state,
@@ -134,7 +138,7 @@ def run_training(
     t0 = time.time()
     progress = log.progress(start_step, loop.steps, enabled=loop.progress)
     step = start_step
-    while step < loop.steps:
+    while step < loop.steps and not stopper.stopped:
         step += 1
         state.state, out = train_step(state.state, batch, jax.random.fold_in(rng, step))
         trainer.check_finite(step, out, train_step.grad_names)
@@ -153,6 +157,9 @@ def run_training(
         if evaluated:
             last_eval = evaluator.metrics(trainer.model_state(state))
             log.write("eval", {"step": step, **last_eval})
+            if stopper.update(step, last_eval):
+                log.text(stopper.reason)
+                is_last = True
         if step % loop.checkpoint_every == 0 or is_last or stopping:
             store.save(
                 step,

@@ -30,8 +30,8 @@ from preprocess.synthetic import vlm_oracle, vlm_sim
 
 BRANCHES = ("keypoints", "image", "text")
 FOLDS = 2  # out-of-fold runs per branch for the stacked fusion
-# Runs without a report of their own need no evaluations along the way: a run always
-# evaluates at its last step, which is all the fold runs and the later seeds are read for.
+# Runs whose evaluations along the way (on the validation split) are read by nothing: the
+# fold runs, and the later seeds, which hemo_jax.evaluate scores on the test split.
 ONLY_FINAL_EVAL = "--config.train.eval_every=1000000"
 
 
@@ -48,13 +48,6 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
 
 def metrics_of(workdir: Path) -> dict[str, dict]:
     return json.loads((workdir / "report" / "metrics.json").read_text())["metrics"]
-
-
-def last_eval(workdir: Path) -> dict[str, float]:
-    """The last evaluation a training run logged (at its final step)."""
-    with open(workdir / "metrics.jsonl") as f:
-        evals = [row for line in f if (row := json.loads(line)).get("kind") == "eval"]
-    return evals[-1]
 
 
 def labeler_metrics(workdir: Path) -> dict[str, dict]:
@@ -105,6 +98,8 @@ def main() -> None:
     # Long, sparsely sampled interviews: as many frames as short dense ones, more gestures.
     synth += ["--seed", "0", "--fps", "5", "--min-seconds", "20", "--max-seconds", "40"]
     synth += ["--width", "256", "--height", "192", "--jobs", str(args.jobs)]
+    if args.smoke:  # one video a subject: enough training subjects to carve a validation
+        synth += ["--videos-per-subject", "1"]
     run(py + synth, logs / "synth.log", env)
 
     print("2. preprocessing with the simulated VLM (a noisy oracle, not Gemini)", flush=True)
@@ -180,10 +175,9 @@ def main() -> None:
             *init,
             f"--config.seed={seed}",
             f"--config.pseudo.pool={pseudo_pool}",
-            # Other seeds count only in the with/without comparison: the run's own last
-            # evaluation (the same numbers hemo_jax.evaluate gives) is enough there.
+            # Other seeds count only in the with/without comparison, on the test split:
+            # their evaluations during training (on the validation split) are not needed.
             *([] if seed == 0 else [ONLY_FINAL_EVAL]),
-            evaluate=seed == 0,
         )
         for seed in range(args.seeds)
         for mode, pseudo_pool in pseudo_pools.items()
@@ -215,7 +209,7 @@ def main() -> None:
         cells = [f"{m[k]['value']:.3f} [{m[k]['low']:.2f}, {m[k]['high']:.2f}]" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     bal = {
-        mode: np.array([last_eval(w)["balanced_accuracy"] for w in dirs])
+        mode: np.array([metrics_of(w)["balanced_accuracy"]["value"] for w in dirs])
         for mode, dirs in stage2.items()
     }
     diff = bal["with"] - bal["without"]

@@ -195,3 +195,33 @@ def test_remat_gives_the_same_loss_and_gradients():
     assert loss_a > 0 and len(grads_a) == len(grads_b) > 0
     for ga, gb in zip(grads_a, grads_b, strict=True):
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def pooled(model, batch):
+    """The branch's pooled features (its logits start at zero: the head is zero-initialised)."""
+    return apply(model, batch)[1]["pooled"]
+
+
+def test_offsets_switch_removes_the_motion_input():
+    batch = make_batch()
+    moved = {**batch, "keypoint_offsets": batch["keypoint_offsets"] + 0.5}
+    on = KeypointBranch(KeypointConfig.tiny(), rngs=nnx.Rngs(0))
+    off = KeypointBranch(KeypointConfig.tiny(offsets=False), rngs=nnx.Rngs(0))
+    assert not np.allclose(pooled(on, batch), pooled(on, moved))
+    np.testing.assert_array_equal(pooled(off, batch), pooled(off, moved))
+    # The same parameters either way: a stage-1 run of one loads into the other.
+    shapes = [jax.tree.map(jnp.shape, nnx.state(m, nnx.Param)) for m in (on, off)]
+    assert shapes[0] == shapes[1]
+
+
+def test_per_frame_pooling_ignores_frame_order_and_has_no_transformer():
+    batch = make_batch()
+    order = np.random.default_rng(0).permutation(batch["keypoints"].shape[1])
+    shuffled = {k: v[:, order] if v.ndim > 1 else v for k, v in batch.items()}
+    mean = KeypointBranch(KeypointConfig.tiny(temporal="mean"), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(pooled(mean, batch), pooled(mean, shuffled), atol=1e-5)
+    full = KeypointBranch(KeypointConfig.tiny(), rngs=nnx.Rngs(0))
+    assert not np.allclose(pooled(full, batch), pooled(full, shuffled), atol=1e-5)
+    assert not isinstance(mean.encoder, kp.TransformerEncoder)
+    with pytest.raises(ValueError, match="temporal 'lstm'"):
+        KeypointConfig(temporal="lstm")

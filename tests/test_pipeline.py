@@ -108,14 +108,38 @@ def test_normalisation_without_neck_or_shoulders_uses_the_frame():
     )
 
 
-def test_offsets_are_deltas_and_zero_where_missing():
+def test_offsets_are_deltas_per_frame_step_and_zero_where_missing():
     n = np.zeros((3, NUM_KEYPOINTS, 3), np.float32)
     n[:, 7] = [(0.1, 0.2, 1), (0.4, 0.0, 1), (0.5, 0.5, 0)]
     n[:, 8] = [(0.0, 0.0, 0), (0.3, 0.3, 1), (0.6, 0.2, 1)]
-    off = frame_offsets(n)
+    off = frame_offsets(n, np.array([0, 1, 2]))
     assert off.shape == (3, NUM_KEYPOINTS, 2)
     np.testing.assert_allclose(off[:, 7], [(0, 0), (0.3, -0.2), (0, 0)], atol=1e-6)
     np.testing.assert_allclose(off[:, 8], [(0, 0), (0, 0), (0.3, -0.1)], atol=1e-6)
+    # Three frames between the last two rows: a third of the delta per frame step.
+    off = frame_offsets(n, np.array([10, 11, 14]))
+    np.testing.assert_allclose(off[:, 8], [(0, 0), (0, 0), (0.1, -0.1 / 3)], atol=1e-6)
+
+
+def test_window_offsets_per_frame_step_across_gaps_and_strides(tmp_path):
+    """A point moving at a constant speed per source frame gets the same offset in every
+    row, whatever frames are missing between rows or the stride that thins them."""
+    frames = np.array([0, 1, 2, 5, 6, 10, 11, 12, 20, 21, 22, 23], np.int32)  # gaps
+    rec = make_record(0, len(frames))
+    kp = rec.keypoints.astype(np.float32)
+    kp[:, 7] = np.stack([300 + 2.0 * frames, 200 - 1.0 * frames, np.ones(len(frames))], -1)
+    rec = dataclasses.replace(rec, keypoints=kp, keypoint_frames=frames)
+    shards = write_records([rec], tmp_path)
+    for stride in (1, 2, 3):
+        cfg = dataclasses.replace(
+            CFG, batch_size=1, max_frames=len(frames), frame_stride=stride, image_dim=None
+        )
+        (b,) = make_loader(shards, cfg, train=False, process_index=0, process_count=1)
+        n = -(-len(frames) // stride)
+        off = b["keypoint_offsets"][0, 1:n, 7]
+        width = 100.0  # the record's shoulders are 100 px apart
+        np.testing.assert_allclose(off, np.tile([2.0, -1.0], (n - 1, 1)) / width, rtol=1e-3)
+        assert not b["keypoint_offsets"][0, 0].any()
 
 
 def test_window_starts_are_even_and_in_bounds():

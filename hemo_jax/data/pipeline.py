@@ -7,16 +7,16 @@ arrays. Selection uses the manifest only (``splits.select``), never decoding;
 the source holds indices into that selection and records are read inside the
 map, so reading and decoding run on grain's threads and worker processes.
 
-Training yields one random window of ``max_frames`` (sampled every
-``frame_stride`` rows) per record. Evaluation yields, per record, either
-``eval_windows`` evenly spaced windows or (``eval_windows=0``) the whole
-sequence padded to the longest selected one; each element carries
-``video_index`` and ``window_index`` so predictions can be averaged per video,
-and a padded last batch has ``valid=False`` rows, so (sum, count) metrics are
-exact. Image features follow the keypoint window: the rows whose
-``crop_frames`` fall inside the window's source-frame range, evenly thinned to
-``image_max``. Text stays out of the arrays; ``text_fn(record)`` may add
-fixed-shape token arrays.
+Keypoint offsets are per source-frame step (``keypoint_frames``), so a stride or frames
+missing between rows do not scale them. Training yields one random window of
+``max_frames`` (sampled every ``frame_stride`` rows) per record. Evaluation yields, per
+record, either ``eval_windows`` evenly spaced windows or (``eval_windows=0``) the whole
+sequence padded to the longest selected one; each element carries ``video_index`` and
+``window_index`` so predictions can be averaged per video, and a padded last batch has
+``valid=False`` rows, so (sum, count) metrics are exact. Image features follow the
+keypoint window: the rows whose ``crop_frames`` fall inside the window's source-frame
+range, evenly thinned to ``image_max``. Text stays out of the arrays;
+``text_fn(record)`` may add fixed-shape token arrays.
 
 Batches are dicts of numpy arrays, or of global ``jax.Array`` s sharded over a
 mesh's data axis (``jax.make_array_from_process_local_data``).
@@ -54,6 +54,9 @@ class PipelineConfig:
     image_max: int = 64  # image-feature rows per window
     eval_windows: int = 3  # windows per record in evaluation; 0 = the whole sequence
     splits: tuple[str, ...] = ("train",)
+    # A validation split carved out of val_from, subject-disjoint (splits.select).
+    val_fraction: float = 0.0
+    val_from: tuple[str, ...] = ("train",)
     pseudo_pool: str = "none"  # none | unlabeled | test: pseudo-labelled pool (training)
     min_pseudo_confidence: float = 0.0
     confidence_weighting: bool = True  # pool records weighted by labeler confidence
@@ -116,13 +119,19 @@ def _normalized_planes(keypoints: np.ndarray, frame_size: Sequence[int], referen
     return x, y, c
 
 
-def _offset_planes(x: np.ndarray, y: np.ndarray, c: np.ndarray):
+def _offset_planes(x: np.ndarray, y: np.ndarray, c: np.ndarray, frames: np.ndarray):
+    # Per source-frame step: the change between two rows divided by the frames between
+    # them. Rows taken every frame_stride-th, or with frames missing between them (no
+    # skeleton there), then give the same offset for the same motion as adjacent
+    # frames; across a gap that is the mean motion over it, which is the best estimate
+    # without the frames and cannot pass a slow drift over a long gap off as a jump.
     both = (c[1:] > 0) & (c[:-1] > 0)
+    factor = both / np.diff(frames).astype(np.float32)[:, None]
     dx, dy = np.zeros_like(x), np.zeros_like(y)
     np.subtract(x[1:], x[:-1], out=dx[1:])
     np.subtract(y[1:], y[:-1], out=dy[1:])
-    dx[1:] *= both
-    dy[1:] *= both
+    dx[1:] *= factor
+    dy[1:] *= factor
     return dx, dy
 
 
@@ -144,11 +153,12 @@ def normalize_keypoints(
     return np.stack(_normalized_planes(keypoints, frame_size, ref), axis=-1)
 
 
-def frame_offsets(normalized: np.ndarray) -> np.ndarray:
-    """Inter-frame deltas [T, K, 2] of normalised (x, y); 0 in the first row and
-    wherever the point is missing in either frame."""
+def frame_offsets(normalized: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Inter-row deltas [T, K, 2] of normalised (x, y) per source-frame step: divided by
+    the difference of ``frames`` (each row's source frame index); 0 in the first row
+    and wherever the point is missing in either row."""
     planes = (np.ascontiguousarray(normalized[..., i], dtype=np.float32) for i in range(3))
-    return np.stack(_offset_planes(*planes), axis=-1)
+    return np.stack(_offset_planes(*planes, np.asarray(frames)), axis=-1)
 
 
 def window_starts(num_rows: int, span: int, windows: int) -> list[int]:
@@ -181,7 +191,7 @@ class _MakeElement:
         offsets = np.zeros((self.frames, kp.shape[1], 2), np.float32)
         for i, plane in enumerate((x, y, conf)):
             keypoints[:n, :, i] = plane
-        for i, plane in enumerate(_offset_planes(x, y, conf)):
+        for i, plane in enumerate(_offset_planes(x, y, conf, record.keypoint_frames[rows])):
             offsets[:n, :, i] = plane
         element = {
             "keypoints": keypoints,
@@ -318,6 +328,8 @@ def make_dataset(
     sel: Selection = select(
         shards.infos,
         splits=config.splits,
+        val_fraction=config.val_fraction,
+        val_from=config.val_from,
         pseudo_pool=config.pseudo_pool,
         min_pseudo_confidence=config.min_pseudo_confidence,
         confidence_weighting=config.confidence_weighting,

@@ -76,10 +76,34 @@ def assign_folds(
     return folds
 
 
+def validation_groups(
+    infos: Sequence[RecordInfo], carve_from: Sequence[str], fraction: float
+) -> set[str]:
+    """Groups (subjects) carved out of the labelled records of ``carve_from`` as the
+    validation split: fold 0 of ``round(1 / fraction)`` subject-disjoint folds
+    (``assign_folds``), so the carve depends on the ids alone, and no subject is both
+    trained on and used to choose checkpoints. ``fraction`` 0 carves nothing."""
+    if fraction == 0:
+        return set()
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction {fraction} must be in [0, 1)")
+    num = max(2, round(1 / fraction))
+    try:
+        folds = assign_folds(infos, carve_from, num)
+    except ValueError as e:
+        raise ValueError(
+            f"val_fraction {fraction} carves one of {num} subject-disjoint folds: {e}; "
+            "raise the fraction, or set data.val_fraction=0 and name another eval_split"
+        ) from None
+    return {g for g, f in folds.items() if f == 0}
+
+
 def select(
     infos: Sequence[RecordInfo],
     *,
     splits: Sequence[str],
+    val_fraction: float = 0.0,
+    val_from: Sequence[str] = ("train",),
     pseudo_pool: str = "none",
     min_pseudo_confidence: float = 0.0,
     confidence_weighting: bool = True,
@@ -102,6 +126,10 @@ def select(
     set is 258 win / 101 lose). ``balanced_sampling`` instead repeats records
     of the smaller classes until every class has as many records as the largest.
 
+    ``val_fraction > 0`` moves the labelled records of ``val_from`` whose subject is in
+    ``validation_groups`` to the split ``val`` (beside any record written as ``val``):
+    out of those splits, into ``val``.
+
     ``hold_out=(k, K)`` leaves out the labelled records of ``splits`` whose subject
     is in fold k of K (``assign_folds``): a run trained so predicts those records
     out of fold, for the stacked fusion. The pool is not split.
@@ -113,15 +141,22 @@ def select(
         raise ValueError(f"pseudo_pool {pseudo_pool!r} not one of {PSEUDO_POOLS}")
     if pseudo_pool in splits:
         raise ValueError(f"pseudo_pool {pseudo_pool!r} is also a training split")
+    carved = validation_groups(infos, val_from, val_fraction)
+
+    def split_of(r: RecordInfo) -> str:
+        moved = r.split in val_from and r.label >= 0 and group_of(r) in carved
+        return "val" if moved else r.split
+
     held_out: set[str] = set()
     if hold_out is not None:
         k, num = hold_out
         held_out = {g for g, f in assign_folds(infos, splits, num).items() if f == k}
     rows: list[tuple[int, int, float, bool]] = []
     for i, r in enumerate(infos):
-        if r.split in splits and r.label >= 0 and group_of(r) in held_out:
+        split = split_of(r)
+        if split in splits and r.label >= 0 and group_of(r) in held_out:
             continue
-        if r.split in splits:
+        if split in splits:
             rows.append((i, r.label, 1.0 if r.label >= 0 else 0.0, False))
         elif (
             r.split == pseudo_pool

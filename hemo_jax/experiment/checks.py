@@ -52,7 +52,9 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
 def stage1_workdirs(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Stage 2: ``{branch: stage-1 workdir}`` from ``config.init_from`` for every branch
     ("" where unset: needed only if the run does not resume); stage 1: empty."""
-    if config.stage != 2:
+    # from_stage1=False: stage 2 trained from scratch (an ablation); absent in configs
+    # saved before the switch existed.
+    if config.stage != 2 or not config.get("from_stage1", True):
         return {}
     stray = [k for k, v in config.init_from.items() if v and k not in config.branches]
     if stray:

@@ -27,9 +27,11 @@ def pipeline_config(
 ) -> pipeline.PipelineConfig:
     """Training reads ``data.train_splits`` (+ the pseudo pool in stage 2); evaluation
     reads ``split`` (default ``data.eval_split``) in evenly spaced windows; ``data.fold``
-    holds a fold out of training only."""
+    holds a fold out of training only; ``data.val_fraction`` carves split ``val`` out of
+    ``data.train_splits``."""
     d = config.data
     use_pool = train and config.pseudo.pool != "none"
+    evaluated = split or d.eval_split
     return pipeline.PipelineConfig(
         batch_size=d.batch_size if train else d.eval_batch_size,
         max_frames=d.max_frames,
@@ -37,7 +39,12 @@ def pipeline_config(
         image_dim=config.model.image_feature_dim if "image" in config.branches else None,
         image_max=d.max_images,
         eval_windows=d.eval_windows,
-        splits=tuple(d.train_splits) if train else (split or d.eval_split,),
+        splits=tuple(d.train_splits) if train else (evaluated,),
+        # The carve decides what training reads and what "val" is; any other split is
+        # evaluated as the shard set names it ("train" with the carved videos: the
+        # stacked fusion's out-of-fold rows, hemo_jax.predict).
+        val_fraction=d.get("val_fraction", 0.0) if train or evaluated == "val" else 0.0,
+        val_from=tuple(d.train_splits),
         pseudo_pool=config.pseudo.pool if use_pool else "none",
         min_pseudo_confidence=config.pseudo.threshold,
         confidence_weighting=config.pseudo.confidence_weighting,

@@ -33,6 +33,7 @@ class LoopOptions:
     checkpoint_every: int
     keep_checkpoints: int
     best_metric: str  # "" keeps the latest checkpoints only
+    patience: int  # evaluations without a better best_metric before stopping; 0: never
     progress: bool
     seed: int
 
@@ -75,7 +76,7 @@ class Experiment:
             b1=c.b1,
             b2=c.b2,
             lr_scale=c.init_lr_scale,
-            lr_scaled=stage1_loaded if config.stage == 2 else None,
+            lr_scaled=stage1_loaded if checks.stage1_workdirs(config) else None,
         )
         init = config.distributed.initialize
         return cls(
@@ -105,6 +106,7 @@ class Experiment:
                 checkpoint_every=t.checkpoint_every,
                 keep_checkpoints=t.keep_checkpoints,
                 best_metric=t.best_metric,
+                patience=t.get("patience", 0),  # absent in configs saved before it existed
                 progress=t.progress,
                 seed=config.seed,
             ),

@@ -67,6 +67,9 @@ def model_fn(config: ml_collections.ConfigDict, *, text_encoder: str | None) -> 
         stream_width=m.keypoint_stream_width,
         dropout=m.dropout,
         remat=m.remat,
+        # Absent in configs saved before these ablation switches existed.
+        offsets=m.get("keypoint_offsets", True),
+        temporal=m.get("keypoint_temporal", "transformer"),
         transformer=transformer,
     )
     icfg = ImageConfig(feature_dim=m.image_feature_dim, dropout=m.dropout, transformer=transformer)

@@ -206,7 +206,7 @@ def stack(
     fit_rows = _fit_rows(shards, full, fold_runs, k_folds, names, pool)
     fusion = stack_fit.fit(names, fit_rows.x, fit_rows.y, fit_rows.w, l2=l2)
 
-    split = config.data.eval_split
+    split = config.data.get("test_split", "test")
     rows = [r for r in _apply(fusion, full, shards, split) if r.label >= 0]
     if not rows:
         raise ValueError(f"split {split!r} of {config.data.shards} has no labelled videos")

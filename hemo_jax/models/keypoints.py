@@ -43,9 +43,14 @@ from hemo_jax.contract import keypoint_layout
 from hemo_jax.models.dropout import Dropout
 from hemo_jax.models.layers import ClassifierHead, layer_norm
 from hemo_jax.models.partitioning import BSE, axes, shard_activation
-from hemo_jax.models.transformer import TransformerConfig, TransformerEncoder
+from hemo_jax.models.transformer import (
+    TransformerConfig,
+    TransformerEncoder,
+    masked_mean,
+)
 
 BACKBONES = ("mlp", "gcn", "gat", "gin")
+TEMPORAL = ("transformer", "mean")  # over frames: the Transformer, or per-frame pooling
 CHANNELS = 5  # x, y, confidence, dx, dy
 GAT_HEADS = 4
 
@@ -125,6 +130,10 @@ class KeypointConfig:
     stream_width: int = 128  # each stream's frame embedding
     dropout: float = 0.1
     remat: bool = False  # recompute the per-frame backbones in the backward pass
+    # Ablations: offsets False zeroes dx, dy (no motion input; the same parameters);
+    # temporal "mean" pools the frame tokens without the Transformer (no order, no context).
+    offsets: bool = True
+    temporal: str = "transformer"
     num_classes: int = 2
     transformer: TransformerConfig = dataclasses.field(default_factory=TransformerConfig.small)
     keypoints_key: str = "keypoints"
@@ -134,6 +143,8 @@ class KeypointConfig:
     def __post_init__(self):
         if self.backbone not in BACKBONES:
             raise ValueError(f"keypoint backbone {self.backbone!r} is not one of {BACKBONES}")
+        if self.temporal not in TEMPORAL:
+            raise ValueError(f"keypoint temporal {self.temporal!r} is not one of {TEMPORAL}")
         if self.backbone == "gat" and self.channels % GAT_HEADS:
             raise ValueError(
                 f"keypoint channels {self.channels} not divisible by the {GAT_HEADS} GAT heads"
@@ -268,6 +279,21 @@ class StreamBackbone(nnx.Module):
         return self.readout(self.norm(x))
 
 
+class FramePooling(nnx.Module):
+    """The per-frame pooling ablation: normalised frame tokens averaged over real frames,
+    returned as the Transformer returns them."""
+
+    def __init__(self, width: int, *, rngs: nnx.Rngs):
+        self.norm = layer_norm(width, rngs)
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, *, deterministic: bool
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        tokens = self.norm(x)
+        pooled = masked_mean(tokens, mask)
+        return pooled, {"tokens": tokens, "pooled": pooled, "mask": mask}
+
+
 class KeypointBranch(nnx.Module):
     """Three skeleton streams fused per frame, then the Transformer over frames."""
 
@@ -287,7 +313,10 @@ class KeypointBranch(nnx.Module):
             bias_metadata=axes("embed"),
             rngs=rngs,
         )
-        self.encoder = TransformerEncoder(cfg.transformer, rngs=rngs)
+        if cfg.temporal == "transformer":
+            self.encoder = TransformerEncoder(cfg.transformer, rngs=rngs)
+        else:
+            self.encoder = FramePooling(self.width, rngs=rngs)
         self.head = ClassifierHead(self.width, cfg.num_classes, cfg.dropout, rngs=rngs)
 
     def frame_features(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -311,6 +340,8 @@ class KeypointBranch(nnx.Module):
                 )
         # The per-frame backbones are small and run in float32; the Transformer casts
         # the frame tokens to its compute dtype.
+        if not cfg.offsets:
+            off = jnp.zeros_like(off)
         feats = jnp.concatenate([kp, off], axis=-1).astype(jnp.float32)
         present = kp[..., 2:3] > 0  # a missing joint carries only zeros
         return jnp.where(present, feats, 0.0), mask.astype(bool)
