@@ -41,14 +41,18 @@ from hemo_jax.training import (
 )
 from hemo_jax.training.logger import MetricLogger
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
-_PREFLIGHT = flags.DEFINE_bool(
-    "preflight",
-    False,
-    "Compile the train step on the target devices and print the parameter count, FLOPs "
-    "and memory per device; reads no data, trains nothing, needs no --workdir.",
-)
+
+def _define_flags() -> None:
+    """The command line, defined only when this module runs as the program: tests and
+    notebooks import ``run_training`` beside other entry points whose flags share names."""
+    config_flags.DEFINE_config_file("config", None, "Training config file.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+    flags.DEFINE_bool(
+        "preflight",
+        False,
+        "Compile the train step on the target devices and print the parameter count, FLOPs "
+        "and memory per device; reads no data, trains nothing, needs no --workdir.",
+    )
 
 
 def _install_sigterm() -> dict[str, bool]:
@@ -202,15 +206,17 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     xla_cpu.prefer_xla_reductions()
-    if _PREFLIGHT.value:
-        print("\n".join(run_preflight(_CONFIG.value).lines()))
+    args = flags.FLAGS
+    if args.preflight:
+        print("\n".join(run_preflight(args.config).lines()))
         return
-    if _WORKDIR.value is None:
+    if args.workdir is None:
         raise app.UsageError("--workdir is required")
     np.set_printoptions(precision=4)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(args.config, args.workdir)
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flag_as_required("config")
     app.run(main)
