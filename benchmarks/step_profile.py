@@ -12,7 +12,7 @@
   (names with fmha/flash/sdpa/attention), matrix products (gemm/cublas/cutlass/
   nvjet/xmma/dot/matmul) and the rest, with the slowest kernels by name, so a first
   GPU run shows what the names are even where the classification misses.
-- ``bound``: the floor the issue sets, attention's kernel time plus the dense layers'
+- ``bound``: the target floor, attention's kernel time plus the dense layers'
   executed FLOPs at the measured matmul rate, and the step's time over it (target
   <= 1.25).
 """

@@ -30,7 +30,7 @@ far in this process), and MFU: the analytic model FLOPs of ``flops.py`` (matrix
 products, forward x 3) over the step time, against the card's data-sheet dense bf16
 peak (chosen by jax's ``device_kind``; ``--peak-tflops`` overrides it) and against the
 bf16 matmul rate measured at the start of the run. Then attention alone at the step's
-shapes (``step_profile.attention_seconds``: its share of the step, and the issue's
+shapes (``step_profile.attention_seconds``: its share of the step, and the target
 floor, attention time + dense FLOPs at the measured rate, with the step over it), a
 ``jax.profiler`` trace of ``--profile-steps`` steps parsed into device time by kind of
 kernel, and from the lowered step XLA's own FLOP count (it omits custom calls such as
