@@ -195,6 +195,12 @@ def _add_beam(commands: argparse._SubParsersAction) -> None:
         "Exits 1 when a video failed.",
     )
     _add_record_arguments(p)
+    p.add_argument(
+        "--staging",
+        default=None,
+        help="where workers write shards before they join the set: a folder or URL (gs://, "
+        "s3://, hdfs://) both the workers and this process reach (default: OUT/.beam-staging)",
+    )
     p.set_defaults(run=_run_beam, beam_args=True)
 
 
@@ -304,7 +310,10 @@ def _run_run(args: argparse.Namespace) -> int:
 def _run_beam(args: argparse.Namespace) -> int:
     from preprocess.beam import run_beam
 
-    return _run_engine(args, lambda: run_beam(_run_config(args, progress=False), args.beam_args))
+    def run():
+        return run_beam(_run_config(args, progress=False), args.beam_args, staging=args.staging)
+
+    return _run_engine(args, run)
 
 
 def _run_engine(args: argparse.Namespace, run) -> int:

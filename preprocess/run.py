@@ -224,24 +224,6 @@ class RunSummary:
         }
 
 
-def read_summary(out: Path) -> RunSummary:
-    """The summary of the last run that finished in ``out``, from its status file."""
-    path = Path(out) / STATUS_FILE
-    summary = json.loads(path.read_text(encoding="utf-8")).get("summary")
-    if not summary:
-        raise RunError(f"{path}: no summary; the last run did not finish")
-    return RunSummary(
-        out=summary["out"],
-        videos=summary["videos"],
-        done=summary["done_ids"],
-        skipped=summary["skipped_ids"],
-        failed=summary["failures"],
-        warnings=summary["warnings"],
-        labeler=summary["labeler"],
-        finished=summary["finished"],
-    )
-
-
 def format_summary(summary: RunSummary) -> str:
     lines = [
         f"{summary.videos} videos in the corpus: {len(summary.done)} done, "
