@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    from preprocess.synthetic.plan import SynthConfig
+    from preprocess.synthetic.plan import LENGTHS, SynthConfig
 
     d = SynthConfig()
     p = commands.add_parser(
@@ -41,6 +41,13 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--min-seconds", type=float, default=d.min_seconds)
     p.add_argument("--max-seconds", type=float, default=d.max_seconds)
+    p.add_argument(
+        "--lengths",
+        choices=LENGTHS,
+        default=d.lengths,
+        help="video lengths: uniform between --min-seconds and --max-seconds, or iMiGUE's "
+        "mean and spread clipped to them (with --fps 25 --min-seconds 30 --max-seconds 1500)",
+    )
     p.add_argument("--no-video", action="store_true", help="skip rendering the mp4 files")
     p.add_argument(
         "--jobs",
@@ -65,6 +72,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         height=args.height,
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
+        lengths=args.lengths,
     )
 
     def progress(done: int, total: int) -> None:
