@@ -3,18 +3,23 @@
 The same records as ``python -m preprocess run`` (``preprocess.run``), built by the same
 per-video steps (``preprocess.steps``), spread over the workers of any Beam runner:
 
-    manifest rows still to build (driver: ``run.plan_run``, which skips stored videos)
-      → Reshuffle → BuildRecords   setup: the detector and labeler, once per worker;
-                                   process: ``steps.build_record`` for one video (the
-                                   crops go through the detector in batches of
-                                   ``CropParams.batch_size`` frames)
-          ├─ records → keyed by manifest position // records_per_shard → GroupByKey
-          │     → WriteShard: one ArrayRecord file per group, records in manifest order,
-          │       written to the staging folder (any Beam file system: a local or shared
-          │       folder, gs://, s3://, hdfs://)
+    manifest rows still to build (driver: ``run.plan_run``, which skips stored videos), in
+    groups of ``records_per_shard`` in manifest order
+      → Reshuffle → BuildShard   setup: the detector and labeler, once per worker;
+                                 process: ``steps.build_record`` for each video of the
+                                 group (the crops go through the detector in batches of
+                                 ``CropParams.batch_size`` frames), each record written to
+                                 the group's ArrayRecord file as soon as it is built, the
+                                 file then copied to the staging folder (any Beam file
+                                 system: a local or shared folder, gs://, s3://, hdfs://)
+          ├─ shards: the staged file, its records' summaries and notes
           └─ failed: the dead-letter output, (video id, step, reason) per failed video
       → Outcome (one element; the two lists as side inputs): ``outcome.json`` in staging,
         naming every staged shard with its records' summaries and notes, and every failure.
+
+No record passes through a shuffle, so a worker holds one record at a time whatever the
+corpus size; the unit of parallelism is the group (lower ``--records-per-shard`` for more
+groups than workers).
 
 Then the driver publishes (``publish``): each staged shard joins the shard set in ``out``
 in key order through ``ShardWriter.add_shard`` (moved, or copied from a remote staging
@@ -36,12 +41,11 @@ where a video failed (its slot stays empty in its group).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,22 +66,15 @@ OUTCOME = "outcome.json"  # in staging: the staged shards and the failures
 FAILED = "failed"  # the tag of the dead-letter output
 
 
-@dataclasses.dataclass(frozen=True)
-class Built:
-    """One video's record, encoded, with what the manifest and the status file need."""
+class BuildShard(beam.DoFn):
+    """One group of videos → their records in one staged ArrayRecord file, in manifest
+    order, each record written as soon as it is built; failed videos to the dead-letter
+    output. The models are loaded once per worker, in ``setup``."""
 
-    position: int  # in the manifest's list of videos to build
-    info: RecordInfo
-    data: bytes
-    notes: tuple[str, ...]
-
-
-class BuildRecords(beam.DoFn):
-    """``steps.build_record`` per video; models loaded once per worker in ``setup``."""
-
-    def __init__(self, settings: steps.StepSettings, load_models: bool) -> None:
+    def __init__(self, settings: steps.StepSettings, load_models: bool, staging: str) -> None:
         self.settings = settings
         self.load_models = load_models  # False: only keypoint-only videos, no model needed
+        self.staging = staging
         self.models: steps.Models | None = None
 
     def setup(self) -> None:
@@ -85,48 +82,51 @@ class BuildRecords(beam.DoFn):
             self.settings, detector=self.load_models, labeler=self.load_models
         )
 
-    def process(self, element: tuple[int, ManifestRow]) -> Iterator[Any]:
-        position, row = element
-        assert self.models is not None  # setup ran
-        notes: list[str] = []
-        try:
-            record = steps.build_record(
-                row, self.settings, self.models, notes, label=self.models.label
-            )
-        except steps.StepFailed as e:
-            log.error("video %s failed (%s): %s", row.video_id, e.step, e.reason)
-            yield beam.pvalue.TaggedOutput(FAILED, (row.video_id, e.step, e.reason))
-            return
-        yield Built(position, RecordInfo.of(record), encode_record(record), tuple(notes))
-
-
-class WriteShard(beam.DoFn):
-    """One group of records → one ArrayRecord file in staging, records in manifest order."""
-
-    def __init__(self, staging: str) -> None:
-        self.staging = staging
-
-    def process(self, element: tuple[int, Iterable[Built]]) -> Iterator[dict[str, Any]]:
-        key, group = element
-        built = sorted(group, key=lambda b: b.position)
+    def process(self, element: tuple[int, list[ManifestRow]]) -> Iterator[Any]:
+        key, rows = element
+        infos: list[RecordInfo] = []
+        notes: dict[str, list[str]] = {}
+        failed: list[tuple[str, str, str]] = []
         # Named by key, so a retried bundle rewrites the same file.
         url = FileSystems.join(self.staging, f"shard-{key:05d}.array_record")
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "shard.array_record"
-            write_shard_file(local, (b.data for b in built))
-            with open(local, "rb") as src, FileSystems.create(url) as dst:
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
-        yield {
-            "key": key,
-            "file": url,
-            "records": [dataclasses.asdict(b.info) for b in built],
-            "notes": {b.info.video_id: list(b.notes) for b in built},
-        }
+            write_shard_file(local, self._records(rows, infos, notes, failed))
+            if infos:
+                with open(local, "rb") as src, FileSystems.create(url) as dst:
+                    while chunk := src.read(1 << 24):
+                        dst.write(chunk)
+        for failure in failed:
+            yield beam.pvalue.TaggedOutput(FAILED, failure)
+        if infos:
+            yield {
+                "key": key,
+                "file": url,
+                "records": [dataclasses.asdict(info) for info in infos],
+                "notes": notes,
+            }
 
-
-def _shard_key(records_per_shard: int, built: Built) -> tuple[int, Built]:
-    return built.position // records_per_shard, built
+    def _records(
+        self,
+        rows: list[ManifestRow],
+        infos: list[RecordInfo],
+        notes: dict[str, list[str]],
+        failed: list[tuple[str, str, str]],
+    ) -> Iterator[bytes]:
+        assert self.models is not None  # setup ran
+        for row in rows:
+            video_notes: list[str] = []
+            try:
+                record = steps.build_record(
+                    row, self.settings, self.models, video_notes, label=self.models.label
+                )
+            except steps.StepFailed as e:
+                log.error("video %s failed (%s): %s", row.video_id, e.step, e.reason)
+                failed.append((row.video_id, e.step, e.reason))
+                continue
+            infos.append(RecordInfo.of(record))
+            notes[row.video_id] = video_notes
+            yield encode_record(record)
 
 
 def _write_outcome(
@@ -188,19 +188,18 @@ def run_beam(
     staging = staging or str(plan.out / STAGING_SUBDIR)
     _clear(staging)  # left by a killed run; never part of the set
     description = " ".join(f"{k}={v}" for k, v in plan.status.settings.items())
-    build = BuildRecords(config.step_settings(), plan.needs_models)
+    build = BuildShard(config.step_settings(), plan.needs_models, staging)
+    per_shard = config.records_per_shard
+    groups = [
+        (key, plan.todo[start : start + per_shard])
+        for key, start in enumerate(range(0, len(plan.todo), per_shard))
+    ]
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
         built = (
             pipeline
-            | "videos" >> beam.Create(list(enumerate(plan.todo)))
+            | "groups" >> beam.Create(groups)
             | "spread" >> beam.Reshuffle()
-            | "build" >> beam.ParDo(build).with_outputs(FAILED, main="records")
-        )
-        staged = (
-            built.records
-            | "key" >> beam.Map(functools.partial(_shard_key, config.records_per_shard))
-            | "group" >> beam.GroupByKey()
-            | "write" >> beam.ParDo(WriteShard(staging))
+            | "build" >> beam.ParDo(build).with_outputs(FAILED, main="shards")
         )
         _ = (
             pipeline
@@ -209,7 +208,7 @@ def run_beam(
             >> beam.Map(
                 _write_outcome,
                 staging,
-                staged=beam.pvalue.AsList(staged),
+                staged=beam.pvalue.AsList(built.shards),
                 failed=beam.pvalue.AsList(built[FAILED]),
             )
         )
