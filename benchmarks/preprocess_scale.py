@@ -182,7 +182,7 @@ def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     synth.update(disk_use(corpus))
     frames = sum(1 for _ in (corpus / "Data" / "skeleton" / "raw").rglob("*.json"))
     common = ["--corpus", "synthetic", "--root", str(corpus), "--labeler", "none"]
-    common += ["--split", "all"]
+    common += ["--split", "all", "--records-per-shard", str(args.records_per_shard)]
     run = measure([*py, "run", *common, "--out", str(run_out), "--no-progress"])
     beam = measure(
         [*py, "beam", *common, "--out", str(beam_out), "--runner", "DirectRunner"]
@@ -219,6 +219,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="synth processes")
     parser.add_argument("--beam-workers", type=int, default=2)
+    parser.add_argument(
+        "--records-per-shard",
+        type=int,
+        default=2,
+        help="both engines; a Beam worker builds one shard's videos, so keep shards >= workers",
+    )
     parser.add_argument("--loader-batches", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=10)
