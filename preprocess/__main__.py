@@ -4,6 +4,7 @@ Commands:
   synth     write a synthetic corpus in the iMiGUE layout (see preprocess.synthetic)
   manifest  read a corpus (iMiGUE layout) and print its per-split counts
   run       a corpus → raw shards: crops, keypoints, pseudo labels (see preprocess.run)
+  beam      the same as an Apache Beam pipeline, on any runner (see preprocess.beam)
   label     pseudo labels for video files from a VLM (see preprocess.labeling.cli)
   predict   video files → a trained run's predictions and a page per video
             (see preprocess.predict.command)
@@ -23,7 +24,7 @@ from pathlib import Path
 
 
 def _add_synth(commands: argparse._SubParsersAction) -> None:
-    from preprocess.synthetic.plan import SynthConfig
+    from preprocess.synthetic.plan import LENGTHS, SynthConfig
 
     d = SynthConfig()
     p = commands.add_parser(
@@ -42,6 +43,13 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--min-seconds", type=float, default=d.min_seconds)
     p.add_argument("--max-seconds", type=float, default=d.max_seconds)
+    p.add_argument(
+        "--lengths",
+        choices=LENGTHS,
+        default=d.lengths,
+        help="video lengths: uniform between --min-seconds and --max-seconds, or iMiGUE's "
+        "mean and spread clipped to them (with --fps 25 --min-seconds 30 --max-seconds 1500)",
+    )
     p.add_argument("--no-video", action="store_true", help="skip rendering the mp4 files")
     p.add_argument(
         "--jobs",
@@ -66,6 +74,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         height=args.height,
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
+        lengths=args.lengths,
     )
 
     def progress(done: int, total: int) -> None:
@@ -171,12 +180,6 @@ def _run_manifest(args: argparse.Namespace) -> int:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from preprocess.labeling.config import DEFAULT_MODEL, LabelerConfig
-    from preprocess.run import CORPORA, DEFAULT_DETECTOR, LABEL_CACHE_SUBDIR, LABELERS
-    from preprocess.video.decode import DEFAULT_IMAGE_FPS
-    from preprocess.video.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
-
-    label = LabelerConfig(cache_dir=Path("."))
     p = commands.add_parser(
         "run",
         help="a corpus → raw shards: crops, keypoints, pseudo labels, transcripts",
@@ -186,6 +189,39 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "the status and the summary are in --out/preprocess_status.json. Exits 1 when a video "
         "failed.",
     )
+    _add_record_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_run)
+
+
+def _add_beam(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "beam",
+        help="the same as run, as an Apache Beam pipeline (any runner)",
+        description="Builds the same raw shard set as `run`, with the same per-video steps, "
+        "as an Apache Beam pipeline. Options this command does not know go to Beam "
+        "(--runner, --direct_running_mode, --direct_num_workers, --project, ...; see "
+        "README: Preprocessing on a cluster). --out must be a file system every worker sees. "
+        "Exits 1 when a video failed.",
+    )
+    _add_record_arguments(p)
+    p.add_argument(
+        "--staging",
+        default=None,
+        help="where workers write shards before they join the set: a folder or URL (gs://, "
+        "s3://, hdfs://) both the workers and this process reach (default: OUT/.beam-staging)",
+    )
+    p.set_defaults(run=_run_beam, beam_args=True)
+
+
+def _add_record_arguments(p: argparse.ArgumentParser) -> None:
+    """What `run` and `beam` share: the corpus, the output and every per-video setting."""
+    from preprocess.labeling.config import DEFAULT_MODEL, LabelerConfig
+    from preprocess.run import CORPORA, DEFAULT_DETECTOR, LABEL_CACHE_SUBDIR, LABELERS
+    from preprocess.video.decode import DEFAULT_IMAGE_FPS
+    from preprocess.video.detect import DEFAULT_YOLO_WEIGHTS, DETECTORS
+
+    label = LabelerConfig(cache_dir=Path("."))
     p.add_argument(
         "--corpus",
         choices=CORPORA,
@@ -245,9 +281,47 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         help="a malformed skeleton file fails its video (raise) or becomes a zero row (skip)",
     )
     p.add_argument("--records-per-shard", type=int, default=16)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log every step")
-    p.set_defaults(run=_run_run)
+
+
+def _run_config(args: argparse.Namespace, *, progress: bool):
+    """The RunConfig of `_add_record_arguments` options."""
+    from preprocess.labeling.config import LabelerConfig
+    from preprocess.run import LABEL_CACHE_SUBDIR, RunConfig, parse_image_fps
+    from preprocess.video.crops import CropParams
+
+    layout, spec = _corpus_from_args(args)
+    return RunConfig(
+        corpus=args.corpus,
+        root=args.root,
+        out=args.out,
+        detector=args.detector,
+        labeler=args.labeler,
+        split=spec,
+        layout=layout,
+        crop=CropParams(image_fps=parse_image_fps(args.image_fps)),
+        yolo_weights=args.yolo_weights,
+        device=args.device,
+        labeler_config=LabelerConfig(
+            cache_dir=args.label_cache or args.out / LABEL_CACHE_SUBDIR,
+            model=args.model,
+            base_url=args.base_url,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            max_attempts=args.max_attempts,
+        ),
+        keep_unlabelled=args.keep_unlabelled,
+        openpose_binary=args.openpose_bin,
+        openpose_models=args.openpose_models,
+        skeleton_errors=args.skeleton_errors,
+        records_per_shard=args.records_per_shard,
+        progress=progress,
+        pose=args.pose,
+        pose_weights=args.pose_weights,
+        asr=args.asr,
+        videos=(str(args.root),) if args.corpus == "videos" else (),
+        subject=args.subject,
+    )
 
 
 def _add_pose_and_speech(p: argparse.ArgumentParser) -> None:
@@ -277,57 +351,33 @@ def _add_pose_and_speech(p: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from preprocess.run import run_corpus
+
+    return _run_engine(args, lambda: run_corpus(_run_config(args, progress=not args.no_progress)))
+
+
+def _run_beam(args: argparse.Namespace) -> int:
+    from preprocess.beam import run_beam
+
+    def run():
+        return run_beam(_run_config(args, progress=False), args.beam_args, staging=args.staging)
+
+    return _run_engine(args, run)
+
+
+def _run_engine(args: argparse.Namespace, run) -> int:
+    """Runs `run()` → RunSummary, with the errors and the summary of `run` and `beam`."""
     import logging
 
-    from preprocess.labeling.config import LabelerConfig, MissingAPIKeyError
-    from preprocess.run import (
-        LABEL_CACHE_SUBDIR,
-        RunConfig,
-        RunError,
-        format_summary,
-        parse_image_fps,
-        run_corpus,
-    )
-    from preprocess.video.crops import CropParams
+    from preprocess.labeling.config import MissingAPIKeyError
+    from preprocess.run import RunError, format_summary
 
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    layout, spec = _corpus_from_args(args)
     try:
-        config = RunConfig(
-            corpus=args.corpus,
-            root=args.root,
-            out=args.out,
-            detector=args.detector,
-            labeler=args.labeler,
-            split=spec,
-            layout=layout,
-            crop=CropParams(image_fps=parse_image_fps(args.image_fps)),
-            yolo_weights=args.yolo_weights,
-            device=args.device,
-            labeler_config=LabelerConfig(
-                cache_dir=args.label_cache or args.out / LABEL_CACHE_SUBDIR,
-                model=args.model,
-                base_url=args.base_url,
-                concurrency=args.concurrency,
-                timeout_s=args.timeout,
-                max_attempts=args.max_attempts,
-            ),
-            keep_unlabelled=args.keep_unlabelled,
-            openpose_binary=args.openpose_bin,
-            openpose_models=args.openpose_models,
-            skeleton_errors=args.skeleton_errors,
-            records_per_shard=args.records_per_shard,
-            progress=not args.no_progress,
-            pose=args.pose,
-            pose_weights=args.pose_weights,
-            asr=args.asr,
-            videos=(str(args.root),) if args.corpus == "videos" else (),
-            subject=args.subject,
-        )
-        summary = run_corpus(config)
+        summary = run()
     except (RunError, MissingAPIKeyError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -451,13 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(commands)
     _add_manifest(commands)
     _add_run(commands)
+    _add_beam(commands)
     _add_label(commands)
     _add_predict(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "beam_args", None):
+        args.beam_args = rest  # the Beam pipeline's own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

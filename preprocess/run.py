@@ -327,6 +327,17 @@ class _Status:
         except json.JSONDecodeError as e:  # only os.replace writes it, so this is not ours
             raise RunError(f"{self.path}: not JSON ({e}); move it away to start afresh") from e
 
+    def failure(self, video_id: str, step: str, reason: str) -> None:
+        self.failed[video_id] = {"step": step, "reason": reason}
+        self.warnings.pop(video_id, None)
+
+    def success(self, video_id: str, notes: list[str]) -> None:
+        self.failed.pop(video_id, None)
+        if notes:
+            self.warnings[video_id] = notes
+        else:
+            self.warnings.pop(video_id, None)
+
     def write(self) -> None:
         atomic.write_json(
             self.path,
@@ -482,24 +493,59 @@ class _Builder:
         except steps.StepFailed as e:
             self.labels.cancel(video_id)
             log.error("video %s failed (%s): %s", video_id, e.step, e.reason)
-            self.status.failed[video_id] = {"step": e.step, "reason": e.reason}
-            self.status.warnings.pop(video_id, None)
+            self.status.failure(video_id, e.step, e.reason)
             self.status.write()
             record = None
         else:
-            self.status.failed.pop(video_id, None)
-            if notes:
-                self.status.warnings[video_id] = notes
-            else:
-                self.status.warnings.pop(video_id, None)
+            self.status.success(video_id, notes)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(failed=len(self.status.failed), refresh=False)
         return record
 
 
-def run_corpus(config: RunConfig) -> RunSummary:
-    """Builds the raw shard set of ``config.corpus`` in ``config.out``; see the module doc."""
+@dataclasses.dataclass
+class RunPlan:
+    """What a run (of any engine) starts from: the manifest, what is stored, what to build."""
+
+    out: Path
+    rows: list[ManifestRow]
+    stored: frozenset[str]  # video ids already in the shard set
+    todo: list[ManifestRow]  # in manifest order
+    skipped: list[str]
+    status: _Status
+
+    @property
+    def needs_models(self) -> bool:
+        """Whether any video to build has a video file (keypoint-only videos need no model)."""
+        return any(r.video_path is not None for r in self.todo)
+
+    def summary(self, *, labeler: dict[str, Any], finished: bool) -> RunSummary:
+        """The summary, read back from the shard set, written into the status file."""
+        try:
+            now_stored = _stored_ids(self.out)
+        except Exception as e:  # the summary must still be written
+            log.error("cannot read the shard set back: %s", e)
+            now_stored = self.stored
+        summary = RunSummary(
+            out=str(self.out),
+            videos=len(self.rows),
+            # Read back rather than counted: records of an unfinished shard are not stored.
+            done=[r.video_id for r in self.todo if r.video_id in now_stored],
+            skipped=self.skipped,
+            failed=dict(self.status.failed),
+            warnings=dict(self.status.warnings),
+            labeler=labeler,
+            finished=finished,
+        )
+        self.status.summary = summary.to_json()
+        self.status.write()
+        return summary
+
+
+def plan_run(config: RunConfig) -> RunPlan:
+    """Reads the manifest and the shard set in ``config.out``, refuses changed settings,
+    and writes the status file with the corpus's warnings."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     stored = _stored_ids(out)
@@ -515,6 +561,13 @@ def run_corpus(config: RunConfig) -> RunSummary:
         status.failed.pop(vid, None)
     status.write()
     log.info("%d videos: %d already stored, %d to build", len(rows), len(skipped), len(todo))
+    return RunPlan(out, rows, stored, todo, skipped, status)
+
+
+def run_corpus(config: RunConfig) -> RunSummary:
+    """Builds the raw shard set of ``config.corpus`` in ``config.out``; see the module doc."""
+    plan = plan_run(config)
+    out, todo, status = plan.out, plan.todo, plan.status
 
     # Settings errors (missing weights, missing API key) stop the run before any work.
     settings = config.step_settings()
@@ -536,24 +589,7 @@ def run_corpus(config: RunConfig) -> RunSummary:
         finished = True
     finally:
         labels.close(wait=finished)
-        try:
-            now_stored = _stored_ids(out)
-        except Exception as e:  # the summary must still be written
-            log.error("cannot read the shard set back: %s", e)
-            now_stored = stored
-        summary = RunSummary(
-            out=str(out),
-            videos=len(rows),
-            # Read back rather than counted: records of an unfinished shard are not stored.
-            done=[r.video_id for r in todo if r.video_id in now_stored],
-            skipped=skipped,
-            failed=dict(status.failed),
-            warnings=dict(status.warnings),
-            labeler=labels.summary(),
-            finished=finished,
-        )
-        status.summary = summary.to_json()
-        status.write()
+        summary = plan.summary(labeler=labels.summary(), finished=finished)
     return summary
 
 

@@ -16,8 +16,21 @@ import numpy as np
 import pytest
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
-from hemo_jax.contract.schema import SCHEMA_VERSION, SchemaError, VideoRecord, decode_record
-from hemo_jax.contract.shards import MANIFEST, ShardError, ShardWriter, open_shards
+from hemo_jax.contract.schema import (
+    SCHEMA_VERSION,
+    SchemaError,
+    VideoRecord,
+    decode_record,
+    encode_record,
+)
+from hemo_jax.contract.shards import (
+    MANIFEST,
+    RecordInfo,
+    ShardError,
+    ShardWriter,
+    open_shards,
+    write_shard_file,
+)
 from hemo_jax.data import describe as describe_cli
 from preprocess.shards import write_records, write_videos
 
@@ -264,3 +277,29 @@ def test_inspect_summary_and_cli(tmp_path, capsys):
     assert "vid000" in capsys.readouterr().err
     assert describe_cli.main([str(tmp_path / "nope")]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_add_shard_lists_a_file_written_apart_and_refuses_mismatches(tmp_path):
+    records = [make_record(i) for i in range(5)]
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    first, second = staged / "a.array_record", staged / "b.array_record"
+    assert write_shard_file(first, (encode_record(r) for r in records[:3])) == 3
+    assert write_shard_file(second, (encode_record(r) for r in records[3:])) == 2
+    out = tmp_path / "set"
+    with ShardWriter(out) as writer:
+        writer.add(records[0])
+        with pytest.raises(ShardError, match="unfinished shard"):
+            writer.add_shard(first, tuple(RecordInfo.of(r) for r in records[:3]))
+    with ShardWriter(out, resume=True) as writer:
+        with pytest.raises(ShardError, match=r"already in the set: \['vid000'\]"):
+            writer.add_shard(first, tuple(RecordInfo.of(r) for r in records[:3]))
+        with pytest.raises(ShardError, match="3 records but 2 summaries"):
+            writer.add_shard(first, tuple(RecordInfo.of(r) for r in records[1:3]))
+        writer.add_shard(second, tuple(RecordInfo.of(r) for r in records[3:]))
+    assert not second.exists() and first.exists()  # moved in; the refused one left alone
+    shards = open_shards(out, verify=True)
+    assert shards.video_ids == ["vid000", "vid003", "vid004"]
+    assert shards.shard_counts == [1, 2]
+    assert [shards[i] for i in range(3)] == [encode_record(records[i]) for i in (0, 3, 4)]
+    shards.close()

@@ -282,3 +282,18 @@ def test_bad_settings_are_refused():
         SynthConfig(win_rate=1.5)
     with pytest.raises(ValueError, match="frame 161x120"):
         SynthConfig(width=161, height=120)
+
+
+def test_imigue_lengths_follow_its_mean_and_range_and_leave_the_rest_of_the_plan_alone():
+    uniform = SynthConfig(videos=359, fps=25, min_seconds=30, max_seconds=1500)
+    imigue = dataclasses.replace(uniform, lengths="imigue")
+    frames = np.array(plan_corpus(imigue).num_frames)
+    assert 19_000 < frames.mean() < 21_500  # iMiGUE: about 20,000 frames a video
+    assert frames.min() >= 30 * 25 and frames.max() <= 1500 * 25
+    assert 5_000 < frames.std() < 9_000  # 300 s at 25 fps, less what the clipping takes
+    plain, drawn = plan_corpus(uniform), plan_corpus(imigue)
+    assert (plain.labels, plain.video_subject) == (drawn.labels, drawn.video_subject)
+    # The settings file of a uniform corpus is what it was before the option existed.
+    assert "lengths" not in uniform.to_json() and imigue.to_json()["lengths"] == "imigue"
+    with pytest.raises(ValueError, match="lengths='long'"):
+        SynthConfig(lengths="long")

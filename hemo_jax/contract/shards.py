@@ -29,7 +29,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,19 +237,50 @@ class ShardWriter:
             return
         writer, self._writer = self._writer, None
         writer.close()
+        assert self._tmp is not None
+        self._list_shard(self._tmp, tuple(self._pending))
+        self._tmp, self._pending, self._pending_bytes = None, [], 0
+
+    def _list_shard(self, file: Path, records: tuple[RecordInfo, ...]) -> None:
+        """Renames a finished shard file to the next shard name and lists it."""
         final = self.out_dir / f"shard-{len(self._shards):05d}{SUFFIX}"
-        atomic.publish(self._tmp, final)
+        atomic.publish(file, final)
         self._shards.append(
             ShardInfo(
                 file=final.name,
-                num_records=len(self._pending),
+                num_records=len(records),
                 num_bytes=final.stat().st_size,
                 sha256=_sha256(final),
-                records=tuple(self._pending),
+                records=records,
             )
         )
-        self._done_ids.update(r.video_id for r in self._pending)
-        self._tmp, self._pending, self._pending_bytes = None, [], 0
+        self._done_ids.update(r.video_id for r in records)
+
+    def add_shard(self, file: str | os.PathLike, records: tuple[RecordInfo, ...]) -> None:
+        """Adopts a finished shard written elsewhere (``write_shard_file``, e.g. by a worker
+        of a distributed pipeline): moves it into the set under the next shard name.
+
+        ``file`` must be on the set's file system (the move is a rename) and hold exactly
+        ``records``, in order; call between records, not with a shard under way.
+        """
+        file = Path(file)
+        if self._closed:
+            raise ShardError(self.out_dir, "writer is closed")
+        if self._writer is not None:
+            raise ShardError(self.out_dir, "add_shard with records of an unfinished shard")
+        ids = [r.video_id for r in records]
+        clash = sorted(set(ids) & self._done_ids) or sorted({v for v in ids if ids.count(v) > 1})
+        if clash:
+            raise ShardError(file, f"videos already in the set: {clash}")
+        reader = _open_reader(file)
+        try:
+            count = reader.num_records()
+        finally:
+            reader.close()
+        if count != len(records):
+            raise ShardError(file, f"{count} records but {len(records)} summaries given")
+        self._list_shard(file, tuple(records))
+        self._write_manifest(complete=False)
 
     def _write_manifest(self, *, complete: bool) -> None:
         manifest = {
@@ -296,6 +327,28 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_shard_file(path: str | os.PathLike, records: Iterable[bytes]) -> int:
+    """Writes encoded records to one ArrayRecord file with the shard set's options, under a
+    temporary name beside ``path`` then renamed to it; returns the number of records.
+
+    For writers that build shards apart from a ``ShardWriter`` (a distributed pipeline's
+    workers), which then lists them with ``ShardWriter.add_shard``.
+    """
+    path = Path(path)
+    with atomic.replacing(path) as tmp:
+        writer = ArrayRecordWriter(os.fspath(tmp), _WRITER_OPTIONS)
+        count = 0
+        try:
+            for data in records:
+                writer.write(data)
+                count += 1
+            if not writer.ok():
+                raise ShardError(path, "ArrayRecord writer failed")
+        finally:
+            writer.close()
+    return count
 
 
 class ShardSet:

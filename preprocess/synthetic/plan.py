@@ -46,6 +46,15 @@ GESTURE_BY_NAME = {g.name: g for g in GESTURES}
 TABLE_BELOW_NECK = 1.5  # table top under the resting neck, in shoulder half-widths
 
 
+# How video lengths are drawn. "uniform": between min_seconds and max_seconds. "imigue":
+# iMiGUE's 359 videos run 0.5-25 min with about 20,000 frames at 25 fps on average (about 7
+# million frames in all); their individual lengths are not published with the labels, so
+# "imigue" draws seconds from a normal with that mean (800 s) and a 300 s spread, clipped to
+# min_seconds..max_seconds (``--fps 25 --min-seconds 30 --max-seconds 1500`` for iMiGUE's).
+LENGTHS = ("uniform", "imigue")
+IMIGUE_MEAN_SECONDS, IMIGUE_SD_SECONDS = 800.0, 300.0
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
     videos: int = 100
@@ -62,9 +71,12 @@ class SynthConfig:
     second_person_rate: float = 0.3  # share of videos where a moderator shows up
     frame_gap_rate: float = 0.1  # share of videos missing a few skeleton files
     transcript: TranscriptStyle = TranscriptStyle()
+    lengths: str = "uniform"  # one of LENGTHS
 
     def __post_init__(self) -> None:
         problems = []
+        if self.lengths not in LENGTHS:
+            problems.append(f"lengths={self.lengths!r} must be one of {LENGTHS}")
         if self.videos < 1:
             problems.append(f"videos={self.videos} must be >= 1")
         if not 0.0 < self.win_rate < 1.0:
@@ -83,7 +95,10 @@ class SynthConfig:
             raise ValueError("SynthConfig: " + "; ".join(problems))
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        settings = dataclasses.asdict(self)
+        if self.lengths == "uniform":  # the settings files written before the option existed
+            del settings["lengths"]
+        return settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +235,14 @@ def plan_corpus(config: SynthConfig) -> CorpusPlan:
     assignment = rng.permutation(assignment)
     wins = round(config.win_rate * n)
     labels = rng.permutation(np.r_[np.ones(wins, int), np.zeros(n - wins, int)])
-    seconds = rng.uniform(config.min_seconds, config.max_seconds, n)
+    if config.lengths == "imigue":
+        seconds = np.clip(
+            rng.normal(IMIGUE_MEAN_SECONDS, IMIGUE_SD_SECONDS, n),
+            config.min_seconds,
+            config.max_seconds,
+        )
+    else:
+        seconds = rng.uniform(config.min_seconds, config.max_seconds, n)
     frames = np.maximum(2, np.round(seconds * config.fps)).astype(int)
     return CorpusPlan(
         config=config,
