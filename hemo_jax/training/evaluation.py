@@ -62,12 +62,11 @@ class Evaluator:
                         compute_dtype=self.compute_dtype,
                     )
                 out = {k: np.asarray(v) for k, v in self._step(state.state, batch).items()}
-                window = np.asarray(batch["window_index"])
                 for row in np.flatnonzero(out["valid"]):
                     values = {k: float(v[row]) for k, v in out.items() if k.startswith("prob")}
                     yield {
                         "video_index": int(out["video_index"][row]),
-                        "window_index": int(window[row]),
+                        "window_index": int(out["window_index"][row]),
                         **values,
                     }
 

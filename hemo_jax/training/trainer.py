@@ -343,14 +343,16 @@ def make_eval_step(
     predict_fn: PredictFn,
     compute_dtype: str,
 ) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """Jitted ``(model state, batch) -> {prob..., video_index, valid}``, replicated."""
+    """Jitted ``(model state, batch) -> {prob..., video_index, window_index, valid}``,
+    replicated (so every process reads every row)."""
     dtype = jnp.dtype(compute_dtype)
 
     def step(state: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, _cast_floats(state, dtype))
         out = predict_fn(model, _cast_floats(batch, dtype))
         # Identifiers pass through so every host sees them replicated, with the probabilities.
-        return {**out, "video_index": batch["video_index"], "valid": batch["valid"]}
+        index = {k: batch[k] for k in ("video_index", "window_index", "valid")}
+        return {**out, **index}
 
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_shardings = {
