@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 BRANCHES = ("keypoints", "image", "text")
+STAGES = (*BRANCHES, "fused")  # a branch alone (stage 1) or all fused (stage 2)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -134,3 +135,19 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 3
     c.train.progress = False
     return c
+
+
+def staged_config(arg: str | None, name: str) -> tuple[ml_collections.ConfigDict, set[str]]:
+    """The shared defaults for ``arg`` = ``STAGE[,smoke]`` (default ``fused``): stage and
+    branches set; returns them with the variants asked for. ``name`` names the config
+    file in errors."""
+    parts = (arg or "fused").split(",")
+    stage, variants = parts[0], set(parts[1:])
+    if stage not in STAGES:
+        raise ValueError(f"{name} stage {stage!r} not one of {STAGES}")
+    if variants - {"smoke"}:
+        raise ValueError(f"unknown config variants {sorted(variants - {'smoke'})}")
+    c = get_config()
+    c.stage = 2 if stage == "fused" else 1
+    c.branches = BRANCHES if stage == "fused" else (stage,)
+    return c, variants

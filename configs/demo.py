@@ -10,19 +10,11 @@ import ml_collections
 
 from configs import common
 
-STAGES = (*common.BRANCHES, "fused")
+STAGES = common.STAGES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = (arg or "fused").split(",")
-    stage, variants = parts[0], set(parts[1:])
-    if stage not in STAGES:
-        raise ValueError(f"demo stage {stage!r} not one of {STAGES}")
-    if variants - {"smoke"}:
-        raise ValueError(f"unknown config variants {sorted(variants - {'smoke'})}")
-    c = common.get_config()
-    c.stage = 2 if stage == "fused" else 1
-    c.branches = common.BRANCHES if stage == "fused" else (stage,)
+    c, variants = common.staged_config(arg, "demo")
     c.data.batch_size = 16
     c.data.eval_batch_size = 16
     # 48 rows two apart span ~19 s of the demo's 5 fps interviews, most of one.
@@ -48,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 40
     c.train.checkpoint_every = 100
     c.train.log_every = 10
-    if stage == "text":
+    if tuple(c.branches) == ("text",):
         c.train.steps = 300  # words are learnt from scratch: 120 steps leave it at 0.69-0.75
     if c.stage == 2:
         c.optim.lr = 1e-3

@@ -16,19 +16,11 @@ import ml_collections
 
 from configs import common
 
-STAGES = (*common.BRANCHES, "fused")
+STAGES = common.STAGES
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    parts = (arg or "fused").split(",")
-    stage, variants = parts[0], set(parts[1:])
-    if stage not in STAGES:
-        raise ValueError(f"paper stage {stage!r} not one of {STAGES}")
-    if variants - {"smoke"}:
-        raise ValueError(f"unknown config variants {sorted(variants - {'smoke'})}")
-    c = common.get_config()
-    c.stage = 2 if stage == "fused" else 1
-    c.branches = common.BRANCHES if stage == "fused" else (stage,)
+    c, variants = common.staged_config(arg, "paper")
     c.data.batch_size = 16
     c.data.eval_batch_size = 32
     c.data.max_frames = 32  # rows two apart: ~13 s of the corpus's 5 fps interviews
@@ -56,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.patience = 0
     c.train.log_every = 20
     c.train.progress = False
-    if stage == "text":
+    if tuple(c.branches) == ("text",):
         c.train.steps = 120  # words are learnt from scratch
     if c.stage == 2:
         c.train.steps = 40
