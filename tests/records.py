@@ -13,6 +13,7 @@ import numpy as np
 
 from hemo_jax.contract.keypoint_layout import NUM_KEYPOINTS
 from hemo_jax.contract.schema import VideoRecord
+from hemo_jax.contract.shards import RecordInfo
 from preprocess.shards import write_records
 
 WORDS = {1: "great happy win confident", 0: "tough sad lose tired"}
@@ -144,3 +145,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def record_info(video: str, subject: str, split: str = "train", label: int = 1, **kw) -> RecordInfo:
+    """A manifest summary with the fields a split or stacking test does not vary."""
+    defaults = dict(
+        pseudo_label=-1,
+        pseudo_confidence=0.0,
+        num_frames=10,
+        num_images=0,
+        num_crops=0,
+        feature_dim=None,
+        transcript_chars=0,
+        reasoning_chars=0,
+    )
+    return RecordInfo(video, subject, split, label, **{**defaults, **kw})

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from records import record_info
 from sklearn.linear_model import LogisticRegression
 
 from hemo_jax.contract.shards import RecordInfo
@@ -14,28 +15,14 @@ from hemo_jax.data import splits
 from hemo_jax.training import stack_fit
 
 
-def info(video: str, subject: str, split: str = "train", label: int = 1, **kw) -> RecordInfo:
-    defaults = dict(
-        pseudo_label=-1,
-        pseudo_confidence=0.0,
-        num_frames=10,
-        num_images=0,
-        num_crops=0,
-        feature_dim=None,
-        transcript_chars=0,
-        reasoning_chars=0,
-    )
-    return RecordInfo(video, subject, split, label, **{**defaults, **kw})
-
-
 def corpus() -> list[RecordInfo]:
     """23 labelled training videos of 9 subjects (1-5 videos each), 4 test, 3 unlabelled."""
     infos = []
     for s, count in enumerate((5, 4, 3, 3, 2, 2, 2, 1, 1)):
-        infos += [info(f"v{s}_{j}", f"s{s}", label=(s + j) % 2) for j in range(count)]
-    infos += [info(f"t{j}", f"s{j}", "test", label=j % 2) for j in range(4)]
+        infos += [record_info(f"v{s}_{j}", f"s{s}", label=(s + j) % 2) for j in range(count)]
+    infos += [record_info(f"t{j}", f"s{j}", "test", label=j % 2) for j in range(4)]
     infos += [
-        info(f"u{j}", "s0", "unlabeled", -1, pseudo_label=1, pseudo_confidence=0.7)
+        record_info(f"u{j}", "s0", "unlabeled", -1, pseudo_label=1, pseudo_confidence=0.7)
         for j in range(3)
     ]
     return infos
@@ -64,14 +51,14 @@ def test_folds_are_subject_disjoint_near_equal_and_fixed_by_the_ids(k_folds):
 
 
 def test_videos_without_a_subject_are_their_own_group():
-    infos = [info(f"v{i}", "", label=i % 2) for i in range(6)]
+    infos = [record_info(f"v{i}", "", label=i % 2) for i in range(6)]
     folds = splits.assign_folds(infos, ("train",), 3)
     assert sorted(folds) == sorted(f"video:v{i}" for i in range(6))
     assert sorted(np.bincount(list(folds.values()))) == [2, 2, 2]
 
 
 def test_too_few_subjects_for_the_folds_is_an_error():
-    infos = [info("a", "s0"), info("b", "s1", label=0)]
+    infos = [record_info("a", "s0"), record_info("b", "s1", label=0)]
     with pytest.raises(ValueError, match="2 subjects .* too few for 3 folds"):
         splits.assign_folds(infos, ("train",), 3)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 import pytest
+from records import record_info
 
 from configs import pretrain
 from hemo_jax.contract.shards import RecordInfo
@@ -13,29 +14,12 @@ from hemo_jax.experiment.selection import selection_note
 from hemo_jax.training.early_stopping import EarlyStopping
 
 
-def info(i: int, split: str, label: int, subject: str) -> RecordInfo:
-    return RecordInfo(
-        video_id=f"v{i:03d}",
-        subject_id=subject,
-        split=split,
-        label=label,
-        pseudo_label=-1,
-        pseudo_confidence=0.0,
-        num_frames=10,
-        num_images=0,
-        num_crops=0,
-        feature_dim=None,
-        transcript_chars=0,
-        reasoning_chars=0,
-    )
-
-
 @pytest.fixture
 def infos() -> list[RecordInfo]:
     """40 labelled train videos of 10 subjects, 10 test videos, 4 unlabelled ones."""
-    rows = [info(i, "train", i % 2, f"s{i % 10}") for i in range(40)]
-    rows += [info(100 + i, "test", i % 2, f"t{i % 5}") for i in range(10)]
-    rows += [info(200 + i, "train", -1, f"s{i}") for i in range(4)]
+    rows = [record_info(f"v{i:03d}", f"s{i % 10}", "train", i % 2) for i in range(40)]
+    rows += [record_info(f"v{100 + i:03d}", f"t{i % 5}", "test", i % 2) for i in range(10)]
+    rows += [record_info(f"v{200 + i:03d}", f"s{i}", "train", -1) for i in range(4)]
     return rows
 
 
